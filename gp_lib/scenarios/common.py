@@ -1,0 +1,341 @@
+"""What every scenario shares: parameters, credentials, the target, the result, the two modes.
+
+A scenario module defines `NAME`, `FAULT` (the reference server fault that
+reproduces its root cause), a `Params` dataclass extending `CommonParams`,
+`drive(target)` (the traffic, returning `AttemptRecord`s and extra tables) and
+`evaluate(observation, params)` (checks and metrics, pure). `run_scenario`
+then does the rest:
+
+- live mode (`target_url` set): drive once against the target, arm `live`;
+- reference mode: start the reference server with the fault, drive (arm
+  `faulty`), start it again without (arm `fixed`), and judge both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol, Sequence
+from urllib.parse import urlparse
+
+import pandas as pd
+
+from gp_lib import auth
+from gp_lib.checks import Check, reference_checks, verdict
+from gp_lib.client import TracedConnection
+from gp_lib.redact import is_secret_name, register_secret
+from gp_lib.trace import AttemptRecord, concat, save_jsonl, to_tables
+
+MODES = ("live", "reference")
+ENVS = ("local", "staging")
+
+
+class ParameterError(ValueError):
+    """A parameter is wrong; the message names it. Raised before any traffic."""
+
+
+# -- parameters -------------------------------------------------------------------------
+
+@dataclass
+class CommonParams:
+    """Parameters every scenario takes. Secrets are never parameters: only the
+    names of the environment variables that hold them."""
+
+    target_url: str | None = None          # ws:// or wss:// endpoint of a live server; None = reference mode
+    env: str = "local"                     # local: mint tokens with the secret; staging: fetch from auth_url
+    auth_url: str = "http://localhost:8081"  # auth service, used when env is staging
+    jwt_secret_env: str = "JWT_SECRET_KEY"   # environment variable holding the JWT signing secret
+    bypass_key_env: str = "E2E_OAUTH_SIMULATION_KEY"  # environment variable holding the staging bypass key
+    auth_transport: str = "both"           # header, subprotocol or both
+    test_headers: bool = True              # send X-Test-Mode, X-E2E-Test, X-Test-Environment, X-User-ID
+    open_timeout_s: float = 10.0           # deadline for the upgrade
+    ready_timeout_s: float = 10.0          # deadline for the readiness marker
+    receive_timeout_s: float = 10.0        # deadline for an awaited answer
+    max_concurrency: int = 50              # ceiling on simultaneous connections
+    dialect: str = "default"               # reference server dialect (reference mode only)
+    out_dir: str = "."                     # where traces and figures are written
+
+    def validate(self) -> None:
+        """Raise ParameterError naming the first wrong parameter."""
+        if self.target_url is not None:
+            parsed = urlparse(str(self.target_url))
+            if parsed.scheme not in ("ws", "wss") or not parsed.hostname:
+                raise ParameterError(f"target_url must be a ws:// or wss:// URL with a host, not {self.target_url!r}")
+        if self.env not in ENVS:
+            raise ParameterError(f"env must be one of {', '.join(ENVS)}, not {self.env!r}")
+        if self.auth_transport not in auth.AUTH_TRANSPORTS:
+            raise ParameterError(f"auth_transport must be one of {', '.join(auth.AUTH_TRANSPORTS)}, "
+                                 f"not {self.auth_transport!r}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool):
+                continue
+            if isinstance(value, (int, float)) and value < 0:
+                raise ParameterError(f"{f.name} must not be negative, got {value}")
+            if isinstance(value, (list, tuple)) and any(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                       and v < 0 for v in value):
+                raise ParameterError(f"{f.name} must not hold negative values, got {list(value)}")
+        for name in ("open_timeout_s", "ready_timeout_s", "receive_timeout_s", "max_concurrency"):
+            if not getattr(self, name) > 0:
+                raise ParameterError(f"{name} must be greater than zero, got {getattr(self, name)}")
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "CommonParams":
+        """Build and validate from a mapping; unknown names and wrong types are ParameterErrors."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ParameterError(f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+                                 f"(known: {', '.join(known)})")
+        coerced = {name: _coerce(name, value, cls.__dataclass_fields__[name].default) for name, value in values.items()}
+        params = cls(**coerced)
+        params.validate()
+        return params
+
+    @property
+    def mode(self) -> str:
+        return "live" if self.target_url else "reference"
+
+    def public(self) -> dict[str, Any]:
+        """The parameters as a dict safe to show: secret-looking values redacted."""
+        return {k: ("<redacted>" if is_secret_name(k) and v else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """Check a value against its default's type, accepting ints for floats and tuples for lists."""
+    if value is None or default is None or default is dataclasses.MISSING:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ParameterError(f"{name} must be true or false, not {value!r}")
+        return value
+    if isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParameterError(f"{name} must be a number, not {value!r}")
+        return type(default)(value) if isinstance(default, float) else value
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ParameterError(f"{name} must be text, not {value!r}")
+    return value
+
+
+def list_field(*values: Any) -> Any:
+    """A dataclass field whose default is a list (a fresh copy per instance)."""
+    return field(default_factory=lambda: list(values))
+
+
+# -- credentials and the target -------------------------------------------------------------
+
+class Credentials:
+    """Tokens for users: minted with the secret (local), or fetched from the auth service (staging)."""
+
+    def __init__(self, params: CommonParams, secret: str | None = None):
+        self.params = params
+        self._secret = secret
+        self._staging: auth.StagingTokenSource | None = None
+        if params.env == "staging":
+            self._staging = auth.StagingTokenSource(params.auth_url, params.bypass_key_env)
+        elif secret is None:
+            self._secret = auth.secret_from_env(params.jwt_secret_env)
+
+    def token_for(self, user_id: str) -> tuple[str, str]:
+        """`(token, user_id)`; staging may give another user id than asked for."""
+        if self._staging is not None:
+            return self._staging.token(f"{user_id}@golden-path.test", user_id)
+        return auth.mint_token(self._secret, user_id), user_id
+
+
+@dataclass
+class Target:
+    """Where one arm's traffic goes, and how to make connections to it."""
+
+    url: str
+    arm: str
+    scenario: str
+    params: CommonParams
+    credentials: Credentials
+    server: Any = None                    # gp_lib.target.ServerHandle in reference mode
+    progress: Callable[..., Any] | None = None
+    _counter: int = 0
+
+    def next_id(self) -> str:
+        self._counter += 1
+        return f"{self.scenario}-{self.arm}-{self._counter:05d}"
+
+    def connection(self, user_id: str, *, condition: str = "", token: str | None = None,
+                   extra: dict[str, Any] | None = None, **options: Any) -> TracedConnection:
+        """A traced connection for `user_id`, labelled and timed from the parameters."""
+        if token is None:
+            token, user_id = self.credentials.token_for(user_id)
+        p = self.params
+        headers = auth.test_mode_headers(user_id, p.env) if p.test_headers else None
+        kwargs: dict[str, Any] = dict(attempt_id=self.next_id(), token=token, user_id=user_id,
+                                      scenario=self.scenario, arm=self.arm, condition=condition,
+                                      auth_transport=p.auth_transport, extra_headers=headers,
+                                      open_timeout_s=p.open_timeout_s, ready_timeout_s=p.ready_timeout_s,
+                                      extra=extra)
+        kwargs.update(options)
+        return TracedConnection(self.url, **kwargs)
+
+    def bar(self, total: int, desc: str) -> Any:
+        """A progress bar when the caller gave one (tqdm in notebooks), else a silent stand-in."""
+        if self.progress is None:
+            return _NoProgress()
+        return self.progress(total=total, desc=f"{self.arm}: {desc}", leave=False)
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+async def bounded_gather(jobs: Iterable[Callable[[], Awaitable[Any]]], limit: int, bar: Any = None) -> list[Any]:
+    """Run job factories with at most `limit` in flight; results in order."""
+    semaphore = asyncio.Semaphore(max(1, limit))
+
+    async def one(job: Callable[[], Awaitable[Any]]) -> Any:
+        async with semaphore:
+            result = await job()
+        if bar is not None:
+            bar.update(1)
+        return result
+
+    return list(await asyncio.gather(*(one(job) for job in jobs)))
+
+
+# -- observations and results ------------------------------------------------------------------
+
+@dataclass
+class Observation:
+    """What one arm's traffic produced: the attempts and frames, and scenario tables."""
+
+    arm: str
+    attempts: pd.DataFrame
+    frames: pd.DataFrame
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    @classmethod
+    def from_records(cls, arm: str, records: Sequence[AttemptRecord],
+                     tables: dict[str, pd.DataFrame] | None = None) -> "Observation":
+        attempts, frames = to_tables(records)
+        return cls(arm, attempts, frames, dict(tables or {}))
+
+
+@dataclass
+class ScenarioResult:
+    """Everything a notebook, a report and a review need from one scenario run."""
+
+    scenario: str
+    mode: str
+    target: str | None
+    params: dict[str, Any]
+    observations: dict[str, Observation]
+    arm_checks: dict[str, list[Check]]
+    arm_metrics: dict[str, dict[str, Any]]
+    checks: list[Check]
+    metrics: dict[str, Any]
+    started_at: str
+    finished_at: str
+    error: str | None = None
+
+    @property
+    def verdict(self) -> str:
+        return "error" if self.error else verdict(self.checks)
+
+    @property
+    def attempts(self) -> pd.DataFrame:
+        return concat(o.attempts for o in self.observations.values())
+
+    @property
+    def frames(self) -> pd.DataFrame:
+        return concat(o.frames for o in self.observations.values())
+
+    def table(self, name: str) -> pd.DataFrame:
+        """A scenario table with an `arm` column, both arms stacked."""
+        parts = []
+        for arm, observation in self.observations.items():
+            if name in observation.tables and len(observation.tables[name]):
+                parts.append(observation.tables[name].assign(arm=arm))
+        return concat(parts)
+
+    def save_traces(self, out_dir: str | Path) -> list[str]:
+        """Write one JSONL trace per arm under `out_dir/traces/`; returns the paths."""
+        paths = []
+        for arm, observation in self.observations.items():
+            path = Path(out_dir) / "traces" / f"{self.scenario}-{arm}.jsonl"
+            paths.append(str(save_jsonl(path, observation.attempts, observation.frames)))
+        return paths
+
+    def summary(self) -> dict[str, Any]:
+        """The scenario's entry in summary.json (without the report name)."""
+        return {"verdict": self.verdict, "checks": [c.to_dict() for c in self.checks],
+                "metrics": self.metrics, **({"error": self.error} if self.error else {})}
+
+
+Evaluate = Callable[[Observation, Any], tuple[list[Check], dict[str, Any]]]
+
+
+class ScenarioModule(Protocol):
+    NAME: str
+    FAULT: str
+    Params: type
+
+    async def drive(self, target: Target) -> Observation: ...
+
+    def evaluate(self, observation: Observation, params: Any) -> tuple[list[Check], dict[str, Any]]: ...
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+async def run_scenario(module: ScenarioModule, params: CommonParams, *,
+                       progress: Callable[..., Any] | None = None) -> ScenarioResult:
+    """Drive and judge one scenario in live or reference mode.
+
+    Raises:
+        ParameterError: before any traffic, when a parameter is wrong.
+        auth.AuthError: before any traffic, when no token can be had.
+    """
+    params.validate()
+    started = _now()
+    observations: dict[str, Observation] = {}
+    if params.target_url:
+        credentials = Credentials(params)
+        target = Target(params.target_url, "live", module.NAME, params, credentials, progress=progress)
+        observations["live"] = await module.drive(target)
+    else:
+        from gp_lib.target import running_server
+
+        secret = secrets.token_urlsafe(32)
+        register_secret(secret)
+        credentials = Credentials(dataclasses.replace(params, env="local"), secret=secret)
+        for arm, faults in (("faulty", [module.FAULT]), ("fixed", [])):
+            with running_server(faults=faults, dialect=params.dialect, secret=secret) as server:
+                target = Target(server.url, arm, module.NAME, params, credentials, server=server, progress=progress)
+                observations[arm] = await module.drive(target)
+    arm_checks, arm_metrics = {}, {}
+    for arm, observation in observations.items():
+        arm_checks[arm], arm_metrics[arm] = module.evaluate(observation, params)
+    if params.target_url:
+        checks, metrics = arm_checks["live"], arm_metrics["live"]
+    else:
+        checks = reference_checks(arm_checks["faulty"], arm_checks["fixed"])
+        metrics = {f"{arm}.{name}": value for arm, values in arm_metrics.items() for name, value in values.items()}
+    return ScenarioResult(module.NAME, params.mode, params.target_url, params.public(), observations,
+                          arm_checks, arm_metrics, checks, metrics, started, _now())
+
+
+def elapsed_ms(since: float) -> float:
+    return (time.perf_counter() - since) * 1000.0

@@ -1,0 +1,205 @@
+"""The two tidy tables every run produces, and their JSONL files.
+
+Outcomes: how a connection attempt can end. One list, one place; every module
+uses these names.
+
+* ``ok``               the attempt did what it set out to do and the client closed it
+* ``closed_1011``      the server closed with 1011 (internal error): the incident class
+* ``closed_other``     the server closed with another code, or the connection dropped (1006)
+* ``auth_rejected``    HTTP 401/403 instead of the upgrade, or an AUTH error and close 1008
+* ``refused``          TCP refused, or the upgrade answered with another HTTP status
+* ``dns_error``        the host name did not resolve
+* ``tls_error``        the TLS handshake failed
+* ``open_timeout``     no upgrade within the open timeout
+* ``ready_timeout``    upgraded, but no readiness marker within the ready timeout
+* ``receive_timeout``  ready, but the awaited answer did not come before its deadline
+* ``protocol_error``   the peer broke HTTP or WebSocket framing, or an invalid URL
+
+Tables (DESIGN.md, data model): `attempts`, one row per connection attempt, and
+`frames`, one row per frame sent or received or lifecycle mark. Times are
+milliseconds from the attempt's start on a monotonic clock. Payloads are
+redacted before they reach a row.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from gp_lib.protocol import field as read
+from gp_lib.redact import redact
+
+OUTCOMES = (
+    "ok", "closed_1011", "closed_other", "auth_rejected", "refused", "dns_error",
+    "tls_error", "open_timeout", "ready_timeout", "receive_timeout", "protocol_error",
+)
+UNREACHABLE_OUTCOMES = frozenset({"refused", "dns_error", "tls_error", "open_timeout"})
+
+ATTEMPT_COLUMNS = (
+    "attempt_id", "user_id", "scenario", "arm", "condition", "started_at",
+    "t_open_ms", "t_ready_ms", "t_first_send_ms", "t_close_ms",
+    "close_code", "close_reason", "closed_by", "handshake_status", "subprotocol",
+    "error_type", "error", "outcome", "frames_sent", "frames_received", "invalid_frames",
+)
+FRAME_COLUMNS = (
+    "attempt_id", "t_ms", "direction", "type", "run_id", "user_id", "thread_id", "tool_name", "payload",
+)
+DIRECTIONS = ("sent", "received", "mark")
+
+
+@dataclass
+class AttemptRecord:
+    """One attempt's row and its frames, as the client fills them in."""
+
+    attempt_id: str
+    user_id: str | None = None
+    scenario: str = ""
+    arm: str = "live"
+    condition: str = ""
+    started_at: str = ""
+    t_open_ms: float | None = None
+    t_ready_ms: float | None = None
+    t_first_send_ms: float | None = None
+    t_close_ms: float | None = None
+    close_code: int | None = None
+    close_reason: str | None = None
+    closed_by: str | None = None
+    handshake_status: int | None = None
+    subprotocol: str | None = None
+    error_type: str | None = None
+    error: str | None = None
+    outcome: str | None = None
+    frames_sent: int = 0
+    frames_received: int = 0
+    invalid_frames: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+    frames: list[dict[str, Any]] = field(default_factory=list)
+
+    def row(self) -> dict[str, Any]:
+        """The attempts-table row: the fixed columns, then the scenario's extras."""
+        values = {name: getattr(self, name) for name in ATTEMPT_COLUMNS}
+        values["close_reason"] = redact(values["close_reason"])
+        values["error"] = redact(values["error"])
+        return {**values, **self.extra}
+
+
+def frame_row(attempt_id: str, t_ms: float, direction: str, message: dict[str, Any] | None,
+              kind: str | None = None, raw: str | None = None) -> dict[str, Any]:
+    """A frames-table row from a decoded message (or a lifecycle mark).
+
+    `raw` is the frame's text as it crossed the wire, kept as the payload;
+    without it the message is encoded.
+    """
+    message = message or {}
+    payload = raw if raw is not None else (json.dumps(message, default=str, separators=(",", ":")) if message else "")
+    return {
+        "attempt_id": attempt_id,
+        "t_ms": round(t_ms, 3),
+        "direction": direction,
+        "type": kind or message.get("type"),
+        "run_id": _text(read(message, "run_id")),
+        "user_id": _text(read(message, "user_id")),
+        "thread_id": _text(read(message, "thread_id")),
+        "tool_name": _text(read(message, "tool_name")),
+        "payload": redact(payload),
+    }
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+# -- tables ------------------------------------------------------------------------
+
+def empty_attempts() -> pd.DataFrame:
+    return pd.DataFrame({name: pd.Series(dtype="object") for name in ATTEMPT_COLUMNS})
+
+
+def empty_frames() -> pd.DataFrame:
+    return pd.DataFrame({name: pd.Series(dtype="object") for name in FRAME_COLUMNS})
+
+
+def to_tables(records: Iterable[AttemptRecord]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The attempts and frames tables of a list of records."""
+    records = list(records)
+    rows = [r.row() for r in records]
+    frames = [f for r in records for f in r.frames]
+    attempts = pd.DataFrame(rows) if rows else empty_attempts()
+    frame_table = pd.DataFrame(frames, columns=list(FRAME_COLUMNS)) if frames else empty_frames()
+    return _typed(attempts), frame_table
+
+
+def _typed(attempts: pd.DataFrame) -> pd.DataFrame:
+    for name in ("t_open_ms", "t_ready_ms", "t_first_send_ms", "t_close_ms"):
+        attempts[name] = pd.to_numeric(attempts[name], errors="coerce")
+    for name in ("close_code", "handshake_status"):
+        attempts[name] = pd.to_numeric(attempts[name], errors="coerce").astype("Int64")
+    return attempts
+
+
+def concat(tables: Iterable[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate tables, skipping empty ones (pandas warns on those)."""
+    tables = [t for t in tables if t is not None and len(t)]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+# -- JSONL files ---------------------------------------------------------------------
+
+def save_jsonl(path: str | Path, attempts: pd.DataFrame, frames: pd.DataFrame) -> Path:
+    """Write both tables to one JSONL file: each line is `{"record": "attempt"|"frame", ...}`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as out:
+        for kind, table in (("attempt", attempts), ("frame", frames)):
+            for row in table.to_dict(orient="records"):
+                clean = {k: _plain(v) for k, v in row.items()}
+                out.write(json.dumps({"record": kind, **clean}, default=str) + "\n")
+    return path
+
+
+def load_jsonl(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read a file written by `save_jsonl` back into (attempts, frames).
+
+    Raises:
+        ValueError: naming the file and line of a line that is not a JSON record.
+    """
+    attempts, frames = [], []
+    with Path(path).open(encoding="utf-8") as source:
+        for number, line in enumerate(source, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise ValueError(f"{path}:{number}: not JSON ({exc})") from None
+            kind = row.pop("record", None) if isinstance(row, dict) else None
+            if kind == "attempt":
+                attempts.append(row)
+            elif kind == "frame":
+                frames.append(row)
+            else:
+                raise ValueError(f"{path}:{number}: record is neither 'attempt' nor 'frame'")
+    attempt_table = _typed(pd.DataFrame(attempts)) if attempts else empty_attempts()
+    frame_table = pd.DataFrame(frames) if frames else empty_frames()
+    for name in FRAME_COLUMNS:
+        if name not in frame_table:
+            frame_table[name] = None
+    return attempt_table, frame_table
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready scalar: NaN and pandas NA become null, numpy scalars become Python."""
+    if value is None:
+        return None
+    try:
+        if pd.isna(value):
+            return None
+    except (TypeError, ValueError):
+        pass
+    if hasattr(value, "item"):
+        return value.item()
+    return value

@@ -1,0 +1,111 @@
+"""Message shapes: every dialect of PROTOCOL.md sections 3, 4 and 7 is read the same way."""
+
+import json
+
+import pytest
+
+from gp_lib import protocol
+
+ENVELOPED = {"type": "tool_executing", "data": {"tool_name": "cost_analyzer", "run_id": "r1"}, "timestamp": 1726.1,
+             "server_id": None}
+FLAT = {"type": "tool_executing", "tool_name": "cost_analyzer", "run_id": "r1", "timestamp": 1726.1}
+MIXED = {"type": "tool_executing", "run_id": "r1", "tool_name": "cost_analyzer", "data": {"timestamp": "1970-01-01T00:28:46.1Z"}}
+
+
+@pytest.mark.parametrize("message", [ENVELOPED, FLAT, MIXED], ids=["enveloped", "flat", "mixed"])
+def test_fields_are_read_from_every_layout(message):
+    assert protocol.field(message, "tool_name") == "cost_analyzer"
+    assert protocol.field(message, "run_id") == "r1"
+    assert protocol.event_time(message) == pytest.approx(1726.1)
+
+
+def test_top_level_wins_over_data():
+    assert protocol.field({"type": "x", "user_id": "top", "data": {"user_id": "inner"}}, "user_id") == "top"
+    assert protocol.field({"type": "x", "data": {"user_id": "inner"}}, "user_id") == "inner"
+    assert protocol.field({"type": "x", "payload": {"content": "hi"}}, "content") == "hi"
+    assert protocol.field({"type": "x"}, "missing", "default") == "default"
+
+
+@pytest.mark.parametrize("value, expected", [
+    (1726.5, 1726.5),
+    (1_700_000_000_123, 1_700_000_000.123),        # milliseconds
+    ("2026-11-30T12:00:00Z", 1796040000.0),
+    ("2026-11-30T12:00:00+00:00", 1796040000.0),
+    ("2026-11-30T12:00:00", 1796040000.0),           # naive means UTC
+    ("1726.5", 1726.5),
+    ("yesterday", None), ("", None), (None, None), (True, None), (float("nan"), None),
+])
+def test_timestamps(value, expected):
+    result = protocol.parse_timestamp(value)
+    assert result == (pytest.approx(expected) if expected is not None else None)
+
+
+@pytest.mark.parametrize("message", [
+    {"type": "connection_established", "data": {"connection_id": "c"}},
+    {"type": "system_message", "data": {"event": "connection_established", "connection_ready": True}},
+    {"type": "system_message", "event": "connection_established"},
+    {"type": "connection_ready"},
+    {"type": "handshake_complete"},
+])
+def test_readiness_forms(message):
+    assert protocol.is_ready_marker(message)
+
+
+@pytest.mark.parametrize("message", [
+    {"type": "system_message", "data": {"event": "maintenance"}},
+    {"type": "handshake_response", "thread_id": "t"},
+    {"type": "pong"},
+])
+def test_not_readiness(message):
+    assert not protocol.is_ready_marker(message)
+
+
+def test_handshake_reply_echoes_ids_from_any_layout():
+    assert protocol.handshake_reply({"type": "handshake_response", "data": {"thread_id": "t1", "run_id": "r1"}}) == \
+        {"type": "handshake_acknowledged", "thread_id": "t1", "run_id": "r1"}
+    assert protocol.handshake_reply({"type": "handshake_response", "thread_id": "t2"}) == \
+        {"type": "handshake_acknowledged", "thread_id": "t2"}
+    assert protocol.handshake_reply({"type": "connection_established"}) is None
+
+
+@pytest.mark.parametrize("raw, problem", [
+    ("not json", "not JSON"),
+    ("[1, 2]", "JSON but not an object"),
+    ('{"data": {}}', "no type"),
+    ('{"type": 7}', "no type"),
+    (b"\xff\xfe", "binary frame, not UTF-8"),
+])
+def test_bad_frames_become_evidence(raw, problem):
+    message = protocol.parse_frame(raw)
+    assert message["type"] == protocol.INVALID_TYPE
+    assert message["problem"] == problem
+
+
+def test_good_frame_parses():
+    assert protocol.parse_frame(json.dumps({"type": "pong"})) == {"type": "pong"}
+    assert protocol.parse_frame(b'{"type": "pong"}') == {"type": "pong"}
+
+
+def test_error_forms_and_user_facing_text():
+    plain = {"type": "error", "message": "The agent service is temporarily unavailable. Please try again."}
+    rich = {"type": "error_message", "error_code": "SERVICE_UNAVAILABLE", "error_message": "Agent busy",
+            "details": {}, "recovery_suggestions": ["Please try again in a minute"]}
+    technical = {"type": "error", "message": "Service not ready: llm_service"}
+    assert all(protocol.is_error(m) for m in (plain, rich, technical))
+    assert protocol.is_graceful_text(protocol.message_text(plain))
+    assert protocol.is_graceful_text(protocol.message_text(rich))
+    assert not protocol.is_graceful_text(protocol.message_text(technical))
+    assert protocol.error_code(rich) == "SERVICE_UNAVAILABLE"
+
+
+def test_fallback_completion():
+    assert protocol.is_fallback_completion({"type": "agent_completed", "data": {"result": "A fallback answered: ..."}})
+    assert protocol.is_fallback_completion({"type": "agent_completed", "final_response": "Degraded mode reply"})
+    assert not protocol.is_fallback_completion({"type": "agent_completed", "data": {"result": "Cut costs by 12%"}})
+    assert not protocol.is_fallback_completion({"type": "error", "message": "fallback"})
+
+
+def test_auth_failure_frames():
+    assert protocol.is_auth_failure({"type": "error", "error_code": "AUTH_FAILED", "message": "expired"})
+    assert protocol.is_auth_failure({"type": "error_message", "data": {"error_code": "TOKEN_EXPIRED"}})
+    assert not protocol.is_auth_failure({"type": "error", "error_code": "RATE_LIMITED"})

@@ -1,0 +1,68 @@
+"""The attempts and frames tables: columns, types, JSONL round trip, redaction."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from gp_lib import auth
+from gp_lib.trace import ATTEMPT_COLUMNS, FRAME_COLUMNS, AttemptRecord, frame_row, load_jsonl, save_jsonl, to_tables
+
+
+def _record(attempt_id="a1", **overrides):
+    record = AttemptRecord(attempt_id=attempt_id, user_id="u1", scenario="race_conditions", arm="faulty",
+                           condition="delay=0ms", t_open_ms=1.5, close_code=1011, close_reason="Internal error",
+                           closed_by="server", outcome="closed_1011", extra={"send_delay_ms": 0.0, "concurrency": 5})
+    record.frames.append(frame_row(attempt_id, 2.0, "received", {"type": "agent_started", "data": {
+        "run_id": "r1", "user_id": "u1", "thread_id": "t1"}}))
+    record.frames.append(frame_row(attempt_id, 3.0, "mark", None, kind="close"))
+    for name, value in overrides.items():
+        setattr(record, name, value)
+    return record
+
+
+def test_tables_have_the_design_columns_then_extras():
+    attempts, frames = to_tables([_record("a1"), _record("a2")])
+    assert list(attempts.columns[:len(ATTEMPT_COLUMNS)]) == list(ATTEMPT_COLUMNS)
+    assert {"send_delay_ms", "concurrency"} <= set(attempts.columns)
+    assert list(frames.columns) == list(FRAME_COLUMNS)
+    assert str(attempts["close_code"].dtype) == "Int64"
+    assert frames.loc[0, "run_id"] == "r1" and frames.loc[0, "thread_id"] == "t1"
+
+
+def test_empty_tables_still_have_columns():
+    attempts, frames = to_tables([])
+    assert list(attempts.columns) == list(ATTEMPT_COLUMNS) and len(attempts) == 0
+    assert list(frames.columns) == list(FRAME_COLUMNS)
+
+
+def test_jsonl_round_trip(tmp_path):
+    attempts, frames = to_tables([_record("a1"), _record("a2", close_code=None, outcome="refused",
+                                                        handshake_status=None, t_open_ms=None)])
+    path = save_jsonl(tmp_path / "traces" / "x.jsonl", attempts, frames)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["record"] for line in lines] == ["attempt"] * 2 + ["frame"] * 4
+    assert lines[1]["close_code"] is None and lines[1]["t_open_ms"] is None
+    loaded_attempts, loaded_frames = load_jsonl(path)
+    pd.testing.assert_frame_equal(loaded_attempts[attempts.columns], attempts, check_dtype=False)
+    assert loaded_frames["type"].tolist() == frames["type"].tolist()
+
+
+def test_bad_jsonl_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"record": "attempt", "attempt_id": "a"}\nnot json\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: not JSON"):
+        load_jsonl(path)
+    path.write_text('{"record": "session"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: record is neither"):
+        load_jsonl(path)
+
+
+def test_tokens_never_reach_a_row():
+    token = auth.mint_token("trace-test-secret-0123456789", "u1")
+    record = _record(close_reason=f"bad token {token}", error=f"Authorization: Bearer {token}")
+    record.frames.append(frame_row("a1", 4.0, "received", {"type": "echo", "token": token}))
+    attempts, frames = to_tables([record])
+    text = attempts.to_json() + frames.to_json()
+    assert token not in text and auth.subprotocol_offer(token) not in text
+    assert "<redacted>" in frames.iloc[-1]["payload"]
