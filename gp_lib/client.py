@@ -21,6 +21,7 @@ import ssl
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable
+from urllib.parse import urlparse
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
@@ -30,6 +31,12 @@ from gp_lib.redact import redact, register_secret
 from gp_lib.trace import AttemptRecord, frame_row
 
 Predicate = Callable[[dict[str, Any]], bool]
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _proxy_setting(url: str) -> bool | None:
+    """No proxy for loopback (and no per-connection proxy lookup); the environment's proxy otherwise."""
+    return None if urlparse(url).hostname in LOOPBACK else True
 
 
 class TracedConnection:
@@ -65,7 +72,8 @@ class TracedConnection:
         self.close_timeout_s = close_timeout_s
         self.max_frames = max_frames
         self.record = AttemptRecord(attempt_id=attempt_id, user_id=user_id, scenario=scenario, arm=arm,
-                                    condition=condition, extra=dict(extra or {}))
+                                    condition=condition, auth_transport=auth_transport if token else "none",
+                                    extra=dict(extra or {}))
         self._t0 = time.perf_counter()
         self._ws: ClientConnection | None = None
         self._inbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
@@ -99,7 +107,8 @@ class TracedConnection:
         try:
             kwargs = auth.connect_kwargs(self.token, self.auth_transport, self.extra_headers)
             self._ws = await connect(self.url, open_timeout=self.open_timeout_s, ping_interval=None,
-                                     close_timeout=self.close_timeout_s, max_size=2**22, **kwargs)
+                                     close_timeout=self.close_timeout_s, max_size=2**22,
+                                     proxy=_proxy_setting(self.url), **kwargs)
         except Exception as exc:  # every failure to connect is evidence, never a crash
             self._connect_failed(exc)
             return False

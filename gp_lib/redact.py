@@ -14,29 +14,46 @@ from typing import Any
 REDACTED = "<redacted>"
 
 _secrets: set[str] = set()
+_secrets_pattern: re.Pattern[str] | None = None
 
 # Three base64url segments, the first one a JSON header: '{"' encodes as 'eyJ'.
-_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
-_OFFER = re.compile(r"\b(jwt|jwt-auth|bearer)\.[A-Za-z0-9_=.-]{16,}", re.IGNORECASE)
-_BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9_.=-]{8,}", re.IGNORECASE)
+_JWT = r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"
+_TOKENS = re.compile(
+    rf"(?P<jwt>{_JWT})"
+    r"|\b(?P<offer>jwt|jwt-auth|bearer)\.[A-Za-z0-9_=.-]{16,}"
+    r"|(?P<bearer>Bearer\s+)[A-Za-z0-9_.=-]{8,}",
+    re.IGNORECASE,
+)
+_FULL_JWT = re.compile(_JWT)
 
 
 def register_secret(value: str | None) -> None:
-    """Remember a secret so that `redact` removes it from now on."""
-    if value and len(value) >= 4:
+    """Remember a secret so that `redact` removes it from now on.
+
+    JWT-shaped values need no registering: every one is scrubbed by shape.
+    """
+    global _secrets_pattern
+    if value and len(value) >= 4 and value not in _secrets and not _FULL_JWT.fullmatch(value):
         _secrets.add(value)
+        ordered = sorted(_secrets, key=len, reverse=True)
+        _secrets_pattern = re.compile("|".join(re.escape(s) for s in ordered))
+
+
+def _token_replacement(match: re.Match[str]) -> str:
+    if match.group("offer"):
+        return f"{match.group('offer')}.{REDACTED}"
+    if match.group("bearer"):
+        return match.group("bearer") + REDACTED
+    return REDACTED
 
 
 def redact(text: str | None) -> str | None:
     """Text with every registered secret and every token-shaped string removed."""
     if not text:
         return text
-    for secret in sorted(_secrets, key=len, reverse=True):
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    text = _JWT.sub(REDACTED, text)
-    text = _OFFER.sub(lambda m: f"{m.group(1)}.{REDACTED}", text)
-    return _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
+    if _secrets_pattern is not None:
+        text = _secrets_pattern.sub(REDACTED, text)
+    return _TOKENS.sub(_token_replacement, text)
 
 
 def redact_value(value: Any) -> Any:

@@ -43,7 +43,7 @@ ATTEMPT_COLUMNS = (
     "attempt_id", "user_id", "scenario", "arm", "condition", "started_at",
     "t_open_ms", "t_ready_ms", "t_first_send_ms", "t_close_ms",
     "close_code", "close_reason", "closed_by", "handshake_status", "subprotocol",
-    "error_type", "error", "outcome", "frames_sent", "frames_received", "invalid_frames",
+    "error_type", "error", "outcome", "frames_sent", "frames_received", "invalid_frames", "auth_transport",
 )
 FRAME_COLUMNS = (
     "attempt_id", "t_ms", "direction", "type", "run_id", "user_id", "thread_id", "tool_name", "payload",
@@ -76,6 +76,7 @@ class AttemptRecord:
     frames_sent: int = 0
     frames_received: int = 0
     invalid_frames: int = 0
+    auth_transport: str | None = None     # where the token went: header, subprotocol, both, or none
     extra: dict[str, Any] = field(default_factory=dict)
     frames: list[dict[str, Any]] = field(default_factory=list)
 

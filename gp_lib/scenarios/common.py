@@ -1,8 +1,9 @@
 """What every scenario shares: parameters, credentials, the target, the result, the two modes.
 
-A scenario module defines `NAME`, `FAULT` (the reference server fault that
-reproduces its root cause), a `Params` dataclass extending `CommonParams`,
-`drive(target)` (the traffic, returning `AttemptRecord`s and extra tables) and
+A scenario module defines `NAME`, a `Params` dataclass extending
+`CommonParams`, `reference_faults(arm, params)` (the reference server's faults
+for the `faulty` and `fixed` arms: same tunables, fault on or off),
+`drive(target)` (the traffic, returning an `Observation`) and
 `evaluate(observation, params)` (checks and metrics, pure). `run_scenario`
 then does the rest:
 
@@ -29,7 +30,7 @@ from gp_lib import auth
 from gp_lib.checks import Check, reference_checks, verdict
 from gp_lib.client import TracedConnection
 from gp_lib.redact import is_secret_name, register_secret
-from gp_lib.trace import AttemptRecord, concat, save_jsonl, to_tables
+from gp_lib.trace import UNREACHABLE_OUTCOMES, AttemptRecord, concat, save_jsonl, to_tables
 
 MODES = ("live", "reference")
 ENVS = ("local", "staging")
@@ -283,13 +284,11 @@ class ScenarioResult:
                 "metrics": self.metrics, **({"error": self.error} if self.error else {})}
 
 
-Evaluate = Callable[[Observation, Any], tuple[list[Check], dict[str, Any]]]
-
-
 class ScenarioModule(Protocol):
     NAME: str
-    FAULT: str
     Params: type
+
+    def reference_faults(self, arm: str, params: Any) -> dict[str, Any]: ...
 
     async def drive(self, target: Target) -> Observation: ...
 
@@ -321,7 +320,8 @@ async def run_scenario(module: ScenarioModule, params: CommonParams, *,
         secret = secrets.token_urlsafe(32)
         register_secret(secret)
         credentials = Credentials(dataclasses.replace(params, env="local"), secret=secret)
-        for arm, faults in (("faulty", [module.FAULT]), ("fixed", [])):
+        for arm in ("faulty", "fixed"):
+            faults = module.reference_faults(arm, params)
             with running_server(faults=faults, dialect=params.dialect, secret=secret) as server:
                 target = Target(server.url, arm, module.NAME, params, credentials, server=server, progress=progress)
                 observations[arm] = await module.drive(target)
@@ -334,7 +334,20 @@ async def run_scenario(module: ScenarioModule, params: CommonParams, *,
         checks = reference_checks(arm_checks["faulty"], arm_checks["fixed"])
         metrics = {f"{arm}.{name}": value for arm, values in arm_metrics.items() for name, value in values.items()}
     return ScenarioResult(module.NAME, params.mode, params.target_url, params.public(), observations,
-                          arm_checks, arm_metrics, checks, metrics, started, _now())
+                          arm_checks, arm_metrics, checks, metrics, started, _now(),
+                          error=unreachable_error(observations))
+
+
+def unreachable_error(observations: Mapping[str, Observation]) -> str | None:
+    """Why the run could not be made, when no attempt of any arm reached the target; else None."""
+    attempts = concat(o.attempts for o in observations.values())
+    if not len(attempts) or not attempts["outcome"].isin(UNREACHABLE_OUTCOMES).all():
+        return None
+    counts = attempts["outcome"].value_counts()
+    detail = ", ".join(f"{n} {outcome}" for outcome, n in counts.items())
+    first = attempts["error"].dropna()
+    return (f"target unreachable: none of {len(attempts)} attempts connected ({detail})"
+            + (f"; first error: {first.iloc[0]}" if len(first) else ""))
 
 
 def elapsed_ms(since: float) -> float:

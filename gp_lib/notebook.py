@@ -1,0 +1,237 @@
+"""What the investigation notebooks display, so that they stay thin.
+
+Each function shows one part of a notebook as Markdown (readable in JupyterLab
+and in the Markdown report alike). Report sections are cell tags: a cell tagged
+`section-<name>` lands in that section of the GOLDEN_PATH_*_TEST_REPORT.md, in
+the order of `SECTIONS`; untagged cells stay in the notebook only.
+
+Scraps glued for batch runs and reviews (`glue_result`): `scenario`, `verdict`,
+`mode`, `target` (live mode only), `checks`, `arm_checks`, `metrics`, `diagnosis`, `params`,
+`traces`, `figures`, `summary`.
+"""
+
+from __future__ import annotations
+
+import platform
+import shlex
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+
+from gp_lib.checks import Check, checks_table
+
+#: Report sections, in the order DESIGN.md gives; a cell joins one with the tag `section-<name>`.
+SECTIONS = ("verdict", "impact", "root-cause", "results", "plots", "environment", "remediation", "reproduce")
+SECTION_TITLES = {
+    "verdict": "Verdict",
+    "impact": "Business impact",
+    "root-cause": "Technical root-cause analysis",
+    "results": "Test execution results",
+    "plots": "Plots",
+    "environment": "Environment",
+    "remediation": "Remediation verification",
+    "reproduce": "Reproduce this run",
+}
+VERSIONED = ("golden-path-lab", "websockets", "PyJWT", "pandas", "matplotlib", "papermill", "nbconvert", "scrapbook")
+
+
+# -- text building (pure, tested) ---------------------------------------------------------
+
+def markdown_table(table: pd.DataFrame | Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A GitHub-flavoured Markdown table; pipes and newlines in cells are escaped."""
+    frame = table if isinstance(table, pd.DataFrame) else pd.DataFrame(list(table))
+    if columns is not None:
+        frame = frame[list(columns)]
+    if frame.empty:
+        return "_(none)_"
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
+    rows = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *rows])
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and pd.isna(value)) or value is pd.NA:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def verdict_markdown(result: Any, headline: Sequence[str] = ()) -> str:
+    """The verdict line and the headline figures."""
+    verdict = result.verdict
+    badge = {"pass": "PASS", "fail": "FAIL", "error": "ERROR"}[verdict]
+    if result.error:
+        lines = [f"**Verdict: {badge}**: the run could not be made: {result.error}"]
+    elif result.mode == "reference":
+        reproduced = next((c for c in result.checks if c.name == "issue_reproduced"), None)
+        fixed_failures = [c for c in result.checks if c.arm == "fixed" and not c.passed]
+        lines = [f"**Verdict: {badge}** (reference mode: the reference server with the fault injected, then fixed)",
+                 "",
+                 f"- Issue reproduced in the faulty arm: **{'yes' if reproduced and reproduced.passed else 'no'}**",
+                 f"- Remediation verified in the fixed arm: **{'yes' if not fixed_failures else 'no'}**"
+                 + ("" if not fixed_failures else " (" + ", ".join(c.name for c in fixed_failures) + " failed)")]
+    else:
+        failed = [c for c in result.checks if not c.passed]
+        lines = [f"**Verdict: {badge}** against `{result.target}`: "
+                 + (f"{len(failed)} of {len(result.checks)} checks failed ({', '.join(c.name for c in failed)})"
+                    if failed else f"all {len(result.checks)} checks passed")]
+    figures = [(name, result.metrics[name]) for name in _headline_keys(result, headline) if name in result.metrics]
+    if figures:
+        lines += ["", "| figure | value |", "| --- | --- |"] + [f"| {n} | {_cell(v)} |" for n, v in figures]
+    return "\n".join(lines)
+
+
+def _headline_keys(result: Any, headline: Sequence[str]) -> list[str]:
+    if result.mode == "reference":
+        return [f"{arm}.{name}" for name in headline for arm in ("faulty", "fixed")]
+    return list(headline)
+
+
+def checks_markdown(checks: Iterable[Check]) -> str:
+    return markdown_table(checks_table(checks))
+
+
+def remediation_markdown(result: Any) -> str:
+    """Fault arm against fixed arm, check by check; in live mode, how to verify a fix."""
+    if result.mode != "reference":
+        return ("A live run alone cannot verify a fix. Keep this run and compare it with one made after the fix "
+                "is deployed: `gp compare reports/<before> reports/<after>` lists every check and metric side by "
+                "side and exits 1 when the later run is worse.")
+    faulty = {c.name: c for c in result.arm_checks.get("faulty", [])}
+    fixed = {c.name: c for c in result.arm_checks.get("fixed", [])}
+    rows = []
+    for name in list(dict.fromkeys([*faulty, *fixed])):
+        rows.append({"check": name,
+                     "faulty arm": _judged(faulty.get(name)),
+                     "fixed arm": _judged(fixed.get(name))})
+    verified = all(c.passed for c in fixed.values()) and any(not c.passed for c in faulty.values())
+    summary = ("The fault makes these checks fail and the fix makes every one pass: remediation verified."
+               if verified else "The arms do not show a clean fault/fix contrast: remediation NOT verified.")
+    return summary + "\n\n" + markdown_table(rows)
+
+
+def _judged(check: Check | None) -> str:
+    if check is None:
+        return ""
+    return ("PASS" if check.passed else "FAIL") + f": {check.evidence}"
+
+
+def environment_markdown(result: Any) -> str:
+    """Target, mode, parameters (secrets redacted) and versions."""
+    rows = [{"item": "mode", "value": result.mode},
+            {"item": "target", "value": result.target or "reference server (started per arm on 127.0.0.1)"},
+            {"item": "started", "value": result.started_at},
+            {"item": "finished", "value": result.finished_at},
+            {"item": "python", "value": platform.python_version()},
+            {"item": "platform", "value": platform.platform(terse=True)}]
+    rows += [{"item": name, "value": _version(name)} for name in VERSIONED]
+    params = [{"parameter": k, "value": v} for k, v in sorted(result.params.items())]
+    return markdown_table(rows) + "\n\n**Parameters** (secrets are never parameters; only the names of the " \
+                                  "environment variables that hold them)\n\n" + markdown_table(params)
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def reproduce_command(result: Any, defaults: dict[str, Any]) -> str:
+    """The `gp report` command that repeats this run: every parameter that differs from its default."""
+    parts = ["gp", "report", "--scenario", result.scenario]
+    if result.target:
+        parts += ["--target", result.target]
+    for name, value in sorted(result.params.items()):
+        if name in ("target_url", "out_dir") or value == defaults.get(name) or value == "<redacted>":
+            continue
+        parts += ["-p", f"{name}={_param_text(value)}"]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _param_text(value: Any) -> str:
+    import json
+
+    return json.dumps(value) if isinstance(value, (list, dict, bool)) or value is None else str(value)
+
+
+def diagnosis_markdown(findings: Sequence[Any]) -> str:
+    """The diagnosis, strongest cause first, with its evidence."""
+    if not findings:
+        return "**Diagnosis:** nothing wrong was seen: none of the root causes has evidence in this run."
+    lines = ["**Diagnosis** (strongest first)", ""]
+    for rank, finding in enumerate(findings, 1):
+        lines.append(f"{rank}. **{finding.root_cause}** (confidence {finding.confidence:.2f})")
+        lines += [f"   - {sentence}" for sentence in finding.evidence]
+    return "\n".join(lines)
+
+
+def params_from(namespace: dict[str, Any], params_class: type) -> Any:
+    """The scenario's Params built from the notebook's parameter variables, validated."""
+    return params_class.from_mapping({name: namespace[name] for name in params_class.names() if name in namespace})
+
+
+# -- display in a notebook ------------------------------------------------------------------
+
+def show(markdown: str) -> None:
+    """Display Markdown (in JupyterLab, and as Markdown in the nbconvert export)."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(markdown))
+
+
+def show_table(table: pd.DataFrame, columns: Sequence[str] | None = None) -> None:
+    show(markdown_table(table, columns))
+
+
+def show_figure(figure: Any, name: str, result: Any, out_dir: str | Path, figures: list[str]) -> None:
+    """Save a figure as `OUT/assets/<scenario>-<name>.png`, record its path, and display it."""
+    import matplotlib.pyplot as plt
+    from IPython.display import Image, display
+
+    path = Path(out_dir) / "assets" / f"{result.scenario}-{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    figures.append(str(path))
+    display(Image(filename=str(path)))
+
+
+def glue_result(result: Any, findings: Sequence[Any], traces: Sequence[str], figures: Sequence[str]) -> None:
+    """Glue the scraps that batch runs and reviews read (see the module docstring)."""
+    import scrapbook as sb
+
+    scraps = {
+        "scenario": result.scenario,
+        "verdict": result.verdict,
+        "mode": result.mode,
+        "target": result.target,
+        "checks": [c.to_dict() for c in result.checks],
+        "arm_checks": {arm: [c.to_dict() for c in checks] for arm, checks in result.arm_checks.items()},
+        "metrics": _jsonable(result.metrics),
+        "diagnosis": [f.to_dict() for f in findings],
+        "params": _jsonable(result.params),
+        "traces": list(traces),
+        "figures": list(figures),
+        "summary": _jsonable(result.summary()),
+    }
+    for name, value in scraps.items():
+        if value is not None:  # scrapbook cannot glue None (target in reference mode): leave the scrap out
+            sb.glue(name, value)
+
+
+def _jsonable(value: Any) -> Any:
+    """Numpy and pandas scalars as plain Python, so scrapbook's JSON encoder takes them."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value)):
+        return None
+    if hasattr(value, "item"):
+        return value.item()
+    return value

@@ -1,0 +1,18 @@
+"""Fixtures for the reference server tests.
+
+Every test talks to a real `python -m gp_lib.target` subprocess over loopback.
+Each module defines its own `server` fixture (the faults and dialect it needs);
+`wire` wraps it with the deadline-bound client of `target_client`.
+"""
+
+from __future__ import annotations
+
+import pytest
+from target_client import Wire
+
+from gp_lib.target import ServerHandle
+
+
+@pytest.fixture
+def wire(server: ServerHandle) -> Wire:
+    return Wire(server.url, server.secret)
