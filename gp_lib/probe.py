@@ -1,0 +1,201 @@
+"""`gp probe URL`: one traced connection, every frame with its timing, then how it ended.
+
+What websocat and wscat do not show: each frame's time since the upgrade and
+its direction, the HTTP status of a refused upgrade, whether and when the
+readiness marker came (a three-step handshake is answered on the way), and
+the close code and reason as the server sent them, with the outcome the
+toolkit records for it. The token is minted from the secret in an
+environment variable; neither is ever printed (payloads are redacted).
+
+    gp probe ws://localhost:8000/ws --send '{"type": "ping"}'
+    gp probe ws://localhost:8000/ws --no-wait-ready --send-at-ms 0 --send '{"type": "ping"}'
+
+Exit codes: 0 a normal close (1000, by either side, readiness seen unless
+--no-wait-ready); 1 anything else (1011, 1006, an auth rejection, refused, no
+readiness marker...); 2 bad input, named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any, TextIO
+from urllib.parse import urlparse
+
+from gp_lib import auth, protocol
+from gp_lib.client import TracedConnection
+from gp_lib.trace import AttemptRecord
+
+NORMAL_CLOSE = 1000
+PAYLOAD_LIMIT = 200
+POLL_S = 0.02
+ARROWS = {"sent": "->", "received": "<-", "mark": "--"}
+
+
+class ProbeInputError(ValueError):
+    """A command-line value is wrong; the message names it."""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("url", help="the WebSocket endpoint, ws:// or wss://")
+    parser.add_argument("--user", default="gp-probe-user", help="user id (sub claim) of the minted token")
+    parser.add_argument("--jwt-secret-env", default="JWT_SECRET_KEY", metavar="NAME",
+                        help="environment variable holding the JWT signing secret (default JWT_SECRET_KEY)")
+    parser.add_argument("--auth-transport", default="both", choices=auth.AUTH_TRANSPORTS,
+                        help="where the token goes: the Authorization header, a jwt.* subprotocol offer, or both "
+                             "(default both)")
+    parser.add_argument("--send", action="append", default=[], metavar="JSON",
+                        help="a JSON message with a string type to send; repeatable, sent in order")
+    parser.add_argument("--send-at-ms", type=float, metavar="MS",
+                        help="send at MS after the upgrade without waiting for readiness (the race window)")
+    parser.add_argument("--no-wait-ready", action="store_true",
+                        help="do not wait for the readiness marker before sending")
+    parser.add_argument("--wait", type=float, default=2.0, metavar="SECONDS",
+                        help="how long to listen after the last message is sent (default 2)")
+    parser.add_argument("--open-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="deadline for the upgrade (default 10)")
+    parser.add_argument("--ready-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="deadline for the readiness marker (default 10)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        messages = _check(args)
+        secret = auth.secret_from_env(args.jwt_secret_env)
+    except (ProbeInputError, auth.AuthError) as exc:
+        print(f"gp probe: {exc}", file=sys.stderr)
+        return 2
+    token = auth.mint_token(secret, args.user)
+    record = asyncio.run(probe(args, token, messages, sys.stdout))
+    summarise(record, args, sys.stdout)
+    return 0 if is_normal(record, waited_ready=not _sends_early(args)) else 1
+
+
+def _check(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The messages to send; raises ProbeInputError naming the first bad value."""
+    parsed = urlparse(args.url)
+    if parsed.scheme not in ("ws", "wss") or not parsed.hostname:
+        raise ProbeInputError(f"URL must be a ws:// or wss:// URL with a host, not {args.url!r}")
+    for name in ("wait", "send_at_ms"):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            raise ProbeInputError(f"--{name.replace('_', '-')} must not be negative, got {value:g}")
+    for name in ("open_timeout", "ready_timeout"):
+        if not getattr(args, name) > 0:
+            raise ProbeInputError(f"--{name.replace('_', '-')} must be greater than zero, got {getattr(args, name):g}")
+    messages = []
+    for number, text in enumerate(args.send, 1):
+        try:
+            message = json.loads(text)
+        except ValueError as exc:
+            raise ProbeInputError(f"--send #{number} is not JSON ({exc}): {text[:80]!r}") from None
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            raise ProbeInputError(f"--send #{number} must be a JSON object with a string type, got {text[:80]!r}")
+        messages.append(message)
+    return messages
+
+
+def _sends_early(args: argparse.Namespace) -> bool:
+    return args.no_wait_ready or args.send_at_ms is not None
+
+
+async def probe(args: argparse.Namespace, token: str, messages: list[dict[str, Any]], out: TextIO) -> AttemptRecord:
+    """Connect, (wait for readiness,) send, listen; frames are printed to `out` as they come."""
+    conn = TracedConnection(args.url, attempt_id="probe", token=token, user_id=args.user,
+                            auth_transport=args.auth_transport, open_timeout_s=args.open_timeout,
+                            ready_timeout_s=args.ready_timeout)
+    print(f"probing {args.url} as {args.user} (token in {args.auth_transport}; never printed)", file=out)
+    printer = _Printer(conn.record, out)
+    following = asyncio.create_task(printer.follow())
+    try:
+        if await conn.open():
+            if not _sends_early(args):
+                await conn.wait_ready()
+            for message in messages:
+                await conn.send(message, at_ms=args.send_at_ms)
+            await conn.collect(args.wait)
+        await conn.close()
+    finally:
+        following.cancel()
+    printer.flush()
+    return conn.finish()
+
+
+class _Printer:
+    """Prints a record's frames as the client stamps them (on arrival, so the times are true)."""
+
+    def __init__(self, record: AttemptRecord, out: TextIO):
+        self.record = record
+        self.out = out
+        self.shown = 0
+
+    def flush(self) -> None:
+        for row in self.record.frames[self.shown:]:
+            print(frame_line(row, self.record.t_open_ms), file=self.out)
+            self.shown += 1
+        self.out.flush()
+
+    async def follow(self) -> None:
+        while True:
+            self.flush()
+            await asyncio.sleep(POLL_S)
+
+
+def frame_line(row: dict[str, Any], t_open_ms: float | None) -> str:
+    """One frame: time since the upgrade (since the start before it), direction, type, payload."""
+    t_ms = row["t_ms"] - (t_open_ms or 0.0)
+    kind = row["type"] or "?"
+    if row["direction"] == "mark":
+        detail = _mark_detail(kind, row["payload"])
+    else:
+        payload = row["payload"] or ""
+        detail = payload if len(payload) <= PAYLOAD_LIMIT else payload[:PAYLOAD_LIMIT - 3] + "..."
+    return f"{t_ms:9.1f} ms  {ARROWS.get(row['direction'], '  ')} {kind:<24} {detail}".rstrip()
+
+
+def _mark_detail(kind: str, payload: str) -> str:
+    detail = json.loads(payload) if payload else {}
+    if kind == "open":
+        return "upgrade complete"
+    if kind == "ready":
+        return "readiness marker received"
+    if kind == "close":
+        reason = f" '{detail.get('reason')}'" if detail.get("reason") else ""
+        return f"closed {detail.get('code')}{reason} by {detail.get('by')}"
+    if kind == "error":
+        return f"{detail.get('outcome')}: {detail.get('error') or ''}".rstrip(": ")
+    return payload
+
+
+def summarise(record: AttemptRecord, args: argparse.Namespace, out: TextIO) -> None:
+    """How the attempt went, in the terms of the attempts table."""
+    def since_upgrade(t_ms: float | None) -> str:
+        return "-" if t_ms is None else f"{t_ms - (record.t_open_ms or 0.0):.1f} ms after the upgrade"
+
+    status = record.handshake_status
+    lines = [f"HTTP status:  {status if status is not None else 'none (no HTTP answer)'}"
+             + (f" (upgrade took {record.t_open_ms:.1f} ms; subprotocol accepted: {record.subprotocol or 'none'})"
+                if record.t_open_ms is not None else ""),
+             f"readiness:    {since_upgrade(record.t_ready_ms) if record.t_ready_ms is not None else 'none'}",
+             f"first send:   {since_upgrade(record.t_first_send_ms)}",
+             f"frames:       {record.frames_sent} sent, {record.frames_received} received"
+             + (f", {record.invalid_frames} not valid JSON with a type" if record.invalid_frames else "")]
+    if record.close_code is not None:
+        meaning = protocol.CLOSE_CODES.get(record.close_code, "other")
+        reason = f" '{record.close_reason}'" if record.close_reason else ""
+        lines.append(f"close:        {record.close_code} ({meaning}){reason} by {record.closed_by}, "
+                     f"{since_upgrade(record.t_close_ms)}")
+    if record.error:
+        lines.append(f"error:        {record.error}")
+    normal = is_normal(record, waited_ready=not _sends_early(args))
+    lines.append(f"outcome:      {record.outcome} ({'normal' if normal else 'abnormal'})")
+    print("\n".join(lines), file=out)
+
+
+def is_normal(record: AttemptRecord, *, waited_ready: bool) -> bool:
+    """A normal close (1000), and the readiness marker when it was awaited."""
+    if record.close_code != NORMAL_CLOSE or record.outcome not in ("ok", "closed_other"):
+        return False
+    return record.t_ready_ms is not None or not waited_ready

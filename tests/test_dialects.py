@@ -1,0 +1,108 @@
+"""Every dialect preset of the reference server, through the client, the event validation and the scenarios.
+
+PROTOCOL.md lists deployment variants the toolkit must accept on receive:
+four readiness forms (the three-step handshake answered), enveloped, flat and
+mixed layouts, float or ISO timestamps, `error` and `error_message` frames,
+and auth by subprotocol alone behind a proxy that strips the header. Each
+preset below is one of them; with no fault, the four scenarios must pass and
+the diagnosis must be empty in every one.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+import pytest
+
+from gp_lib import diagnosis, events, protocol, triage
+from gp_lib.auth import mint_token
+from gp_lib.client import TracedConnection
+from gp_lib.target import DIALECT_PRESETS, running_server
+from gp_lib.trace import to_tables
+
+SCALE = float(os.environ.get("GP_TIME_SCALE") or 1.0)
+TIMEOUT_S = 5.0 * SCALE
+SECRET_ENV = "GP_DIALECT_TEST_SECRET"
+READY_TYPE = {"system_message": "system_message", "connection_ready": "connection_ready",
+              "handshake": "handshake_complete"}
+
+
+@pytest.fixture(scope="module", params=sorted(DIALECT_PRESETS))
+def served(request):
+    with running_server({"agent_step_ms": 2}, request.param) as server:
+        yield request.param, server
+
+
+def connect(server, user: str = "alice", *, token: str | None = None, transport: str = "both") -> TracedConnection:
+    return TracedConnection(server.url, attempt_id=f"{user}-{transport}", user_id=user, auth_transport=transport,
+                            token=token or mint_token(server.secret, user), open_timeout_s=TIMEOUT_S,
+                            ready_timeout_s=TIMEOUT_S)
+
+
+async def test_readiness_is_reached_and_a_ping_answered(served):
+    preset, server = served
+    async with connect(server) as conn:
+        assert await conn.wait_ready()
+        assert conn.record.t_first_send_ms is None  # a handshake answer is not the first message
+        await conn.send({"type": "ping"})
+        answers = await conn.receive_until(lambda m: m["type"] == "pong", TIMEOUT_S)
+    record = conn.finish()
+    assert record.outcome == "ok" and record.t_ready_ms is not None and answers[-1]["type"] == "pong"
+    received = [f["type"] for f in record.frames if f["direction"] == "received"]
+    assert READY_TYPE.get(preset, "connection_established") in received
+    acks = [f for f in record.frames if f["direction"] == "sent" and f["type"] == protocol.HANDSHAKE_ACK]
+    assert len(acks) == (1 if preset == "handshake" else 0)
+
+
+async def test_an_agent_run_validates_with_all_five_events(served):
+    _, server = served
+    async with connect(server) as conn:
+        await conn.wait_ready()
+        await conn.send({"type": "agent_request", "agent": "cost_optimizer", "message": "cut costs"})
+        answers = await conn.receive_until(lambda m: m["type"] == protocol.AGENT_COMPLETED, TIMEOUT_S)
+    attempts, frames = to_tables([conn.finish()])
+    runs = events.run_table(frames, attempts)
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    assert run["complete"] and run["in_order"] and run["tools_closed"] and not run["foreign"], run["problems"]
+    assert run["ending"] == "completed" and run["missing"] == ""
+    assert all(protocol.event_time(m) is not None for m in answers)
+
+
+async def test_an_invalid_message_gets_a_readable_error(served):
+    preset, server = served
+    async with connect(server) as conn:
+        await conn.wait_ready()
+        await conn.send({"no_type": True})
+        answers = await conn.receive_until(protocol.is_error, TIMEOUT_S)
+    error = answers[-1]
+    assert protocol.is_error(error) and protocol.error_code(error) == "INVALID_MESSAGE"
+    assert "no type" in protocol.message_text(error)
+    assert error["type"] == ("error_message" if preset == "error_message" else "error")
+    assert conn.finish().outcome == "ok"  # an error frame is an answer, not a failure
+
+
+async def test_authentication_by_header_by_subprotocol_and_a_wrong_secret(served):
+    preset, server = served
+    outcomes = {}
+    for transport in ("header", "subprotocol"):
+        async with connect(server, transport=transport) as conn:
+            await conn.wait_ready()
+        outcomes[transport] = (conn.finish().outcome, conn.record.handshake_status)
+    async with connect(server, token=mint_token(secrets.token_urlsafe(32), "mallory")) as conn:
+        await conn.wait_ready()
+    assert conn.finish().outcome == "auth_rejected"
+    assert outcomes["subprotocol"] == ("ok", 101)
+    assert outcomes["header"] == (("auth_rejected", 401) if preset == "stripped_header" else ("ok", 101))
+
+
+async def test_the_four_scenarios_pass_and_nothing_is_diagnosed(served, monkeypatch, tmp_path):
+    _, server = served
+    monkeypatch.setenv(SECRET_ENV, server.secret)
+    params = triage.TriageParams(target_url=server.url, jwt_secret_env=SECRET_ENV, receive_timeout_s=TIMEOUT_S,
+                                 out_dir=str(tmp_path))
+    results = await triage.run(params)
+    assert {r.scenario: r.verdict for r in results} == {name: "pass" for name in triage.MODULES}, \
+        {r.scenario: [c.to_dict() for c in r.checks if not c.passed] for r in results}
+    assert diagnosis.diagnose(results) == []
