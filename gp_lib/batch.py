@@ -1,0 +1,377 @@
+"""`gp report`: run the scenario notebooks with papermill and write what a reviewer or a CI job needs.
+
+Each notebook runs in its own process and kernel (papermill is not safe in
+threads), up to `--jobs` at once. A kernel that dies before running any cell
+is restarted (parallel kernel starts can collide on ports, papermill issue
+511); every cell has an execution timeout; a notebook that raises gets
+verdict `error` and does not stop the others.
+
+OUT holds the reports, `summary.json`, `junit.xml`, the executed notebooks
+(`notebooks/`, with each kernel's log), the traces and the figures. Exit
+codes: 0 every check passed, 1 a check failed, 2 the run could not be made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import multiprocessing
+import os
+import shlex
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from gp_lib import diagnosis, report
+from gp_lib.params import Layered, resolve
+from gp_lib.redact import redact, register_secret
+from gp_lib.scenarios.common import ParameterError
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS_DIR = ROOT / "notebooks"
+PARAMETERS_DIR = ROOT / "parameters"
+REPORTS_DIR = ROOT / "reports"
+MAX_DEFAULT_JOBS = 4
+DEFAULT_TIMEOUT_S = 600
+KERNEL_START_ATTEMPTS = 3
+EXIT_CODES = {"pass": 0, "fail": 1, "error": 2}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A notebook `gp report` can run: its scenario, its file under notebooks/, its report."""
+
+    scenario: str
+    notebook: str
+    report: str
+    title: str
+
+    def params_class(self) -> type:
+        """The scenario's `Params`, whose fields are exactly the notebook's parameters."""
+        return importlib.import_module(f"gp_lib.scenarios.{self.scenario}").Params
+
+
+#: Every notebook `gp report` knows, by scenario name; add an Entry to add one.
+REGISTRY = {e.scenario: e for e in (
+    Entry("race_conditions", "01_websocket_race_conditions.ipynb",
+          "GOLDEN_PATH_WEBSOCKET_RACE_CONDITIONS_TEST_REPORT.md", "WebSocket race conditions"),
+    Entry("service_dependencies", "02_service_dependencies.ipynb",
+          "GOLDEN_PATH_SERVICE_DEPENDENCIES_TEST_REPORT.md", "Service dependencies"),
+    Entry("factory_initialization", "03_factory_initialization.ipynb",
+          "GOLDEN_PATH_FACTORY_INITIALIZATION_TEST_REPORT.md", "Factory initialization"),
+    Entry("missing_events", "04_missing_events.ipynb",
+          "GOLDEN_PATH_MISSING_EVENTS_TEST_REPORT.md", "Missing events"),
+)}
+#: What `gp report` runs when no --scenario is given.
+DEFAULT_SCENARIOS = ("race_conditions", "service_dependencies", "factory_initialization", "missing_events")
+
+
+# -- the command line ---------------------------------------------------------------------
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", metavar="URL", help="ws:// or wss:// URL of a live server (live mode); "
+                        "without it each scenario runs the reference server with its fault and fixed")
+    parser.add_argument("--scenario", action="append", metavar="NAME",
+                        help=f"run only this scenario; repeatable (default: {', '.join(DEFAULT_SCENARIOS)})")
+    parser.add_argument("--params", metavar="FILE", help="a YAML parameter file, e.g. parameters/quick.yaml")
+    parser.add_argument("-p", dest="assign", action="append", default=[], metavar="KEY=VALUE",
+                        help="set a parameter (YAML value); SCENARIO.KEY=VALUE for one scenario; repeatable")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default: reports/<run id>, and "
+                        "reports/latest points at it)")
+    parser.add_argument("--jobs", type=int, default=default_jobs(), metavar="N",
+                        help=f"notebooks run at once (default: cores, at most {MAX_DEFAULT_JOBS}; here "
+                             f"{default_jobs()})")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                        help=f"execution timeout of each notebook cell (default {DEFAULT_TIMEOUT_S})")
+
+
+def default_jobs() -> int:
+    return max(1, min(os.cpu_count() or 1, MAX_DEFAULT_JOBS))
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        plan = make_plan(args)
+    except ParameterError as exc:
+        print(f"gp report: error: {exc}", file=sys.stderr)
+        return 2
+    summary = run_plan(plan)
+    print(f"gp report: {summary['verdict']}: {plan.out / 'summary.json'}")
+    return EXIT_CODES[summary["verdict"]]
+
+
+# -- the plan: everything decided before any traffic -------------------------------------------
+
+@dataclass
+class Plan:
+    """One batch run, validated: which notebooks, with what, where."""
+
+    run_id: str
+    out: Path
+    entries: list[Entry]
+    parameters: dict[str, Layered]
+    commands: dict[str, str]
+    jobs: int
+    timeout_s: float
+    notebooks_dir: Path = NOTEBOOKS_DIR
+    latest: Path | None = None     # the symlink to point at `out`, for the default OUT
+
+
+def make_plan(args: argparse.Namespace, registry: Mapping[str, Entry] = REGISTRY,
+              notebooks_dir: Path = NOTEBOOKS_DIR) -> Plan:
+    """Validate the arguments and every scenario's parameters; choose OUT.
+
+    Raises:
+        ParameterError: naming the unknown scenario, key or bad value, or a missing notebook.
+    """
+    names = list(dict.fromkeys(args.scenario or DEFAULT_SCENARIOS))
+    for option, value, least in (("--jobs", args.jobs, 1), ("--timeout", args.timeout, 1)):
+        if value < least:
+            raise ParameterError(f"{option} must be at least {least}, got {value}")
+    missing = [f"{name}: {notebooks_dir / registry[name].notebook}" for name in names
+               if name in registry and not (notebooks_dir / registry[name].notebook).is_file()]
+    if missing:
+        raise ParameterError(f"notebook not found for {', '.join(missing)}")
+    classes = {name: entry.params_class() for name, entry in registry.items()}
+    parameters = resolve(classes, names, parameters_dir=PARAMETERS_DIR, params_file=args.params,
+                         assignments=args.assign, target=args.target)
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out, latest = (Path(args.out), None) if args.out else (_fresh(REPORTS_DIR / run_id), REPORTS_DIR / "latest")
+    return Plan(run_id=out.name if latest else run_id, out=out.resolve(), entries=[registry[n] for n in names],
+                parameters=parameters, commands={n: command_line(args, n) for n in names},
+                jobs=min(args.jobs, len(names)), timeout_s=args.timeout, notebooks_dir=notebooks_dir, latest=latest)
+
+
+def _fresh(path: Path) -> Path:
+    """`path`, or `path-2`, `path-3`... when a run started in the same second."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
+def command_line(args: argparse.Namespace, scenario: str) -> str:
+    """The `gp report` command that repeats this run for one scenario (OUT and jobs aside)."""
+    parts = ["gp", "report"]
+    if args.target:
+        parts += ["--target", args.target]
+    parts += ["--scenario", scenario]
+    if args.params:
+        parts += ["--params", args.params]
+    for assignment in args.assign:
+        parts += ["-p", assignment]
+    return shlex.join(parts)
+
+
+# -- execution ------------------------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    """What one notebook run left: its scraps, or why it has none."""
+
+    entry: Entry
+    executed: Path
+    seconds: float
+    scraps: dict[str, Any]
+    error: str | None = None      # the notebook raised, timed out, or no kernel started
+
+    @property
+    def verdict(self) -> str:
+        return "error" if self.error else self.scraps["summary"]["verdict"]
+
+    @property
+    def why(self) -> str | None:
+        """Why the run could not be made: the notebook's failure, or the scenario's own error."""
+        return self.error or self.scraps.get("summary", {}).get("error")
+
+
+def run_plan(plan: Plan) -> dict[str, Any]:
+    """Execute every notebook of the plan, render the reports; the summary written to OUT."""
+    started_at = _now()
+    for layered in plan.parameters.values():
+        register_secret(os.environ.get(layered.params.jwt_secret_env))
+        register_secret(os.environ.get(layered.params.bypass_key_env))
+    (plan.out / "notebooks").mkdir(parents=True, exist_ok=True)
+    outcomes: dict[str, Outcome] = {}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=plan.jobs, mp_context=context, max_tasks_per_child=1) as pool:
+        futures = {pool.submit(execute, _job(plan, entry)): entry for entry in plan.entries}
+        for future in as_completed(futures):
+            entry = futures[future]
+            try:
+                result = future.result()
+            except Exception as exc:  # the worker process itself died
+                result = {"error": f"{type(exc).__name__}: {exc}", "seconds": 0.0}
+            outcome = collect(plan, entry, result)
+            write_scenario_report(plan, outcome)
+            outcomes[entry.scenario] = outcome
+            print(f"gp: {entry.scenario}: finished: {outcome.verdict} in {outcome.seconds:.1f} s"
+                  + (f" ({_first_line(outcome.why)})" if outcome.why else ""), file=sys.stderr, flush=True)
+    ordered = [outcomes[e.scenario] for e in plan.entries]
+    first = next(iter(plan.parameters.values())).params
+    summary = {
+        "run_id": plan.run_id,
+        "mode": first.mode,
+        "target": first.target_url,
+        "started_at": started_at,
+        "finished_at": _now(),
+        "verdict": report.run_verdict(o.verdict for o in ordered),
+        "scenarios": {o.entry.scenario: scenario_summary(o) for o in ordered},
+        "diagnosis": diagnosis.combine({o.entry.scenario: o.scraps for o in ordered}, base_dir=plan.notebooks_dir),
+    }
+    (plan.out / "summary.json").write_text(report.summary_json(summary))
+    (plan.out / "junit.xml").write_text(report.junit_xml(summary, {o.entry.scenario: o.seconds for o in ordered}))
+    scrub(plan.out)
+    if plan.latest is not None:
+        _point(plan.latest, plan.out)
+    return summary
+
+
+def _job(plan: Plan, entry: Entry) -> dict[str, Any]:
+    """What a worker needs, with paths relative to notebooks/ so none of this machine's reach the notebook."""
+    executed = plan.out / "notebooks" / entry.notebook
+    return {"scenario": entry.scenario, "cwd": str(plan.notebooks_dir), "input": entry.notebook,
+            "output": os.path.relpath(executed, plan.notebooks_dir),
+            "log": str(executed.with_suffix(".log")), "timeout_s": plan.timeout_s,
+            "parameters": {**plan.parameters[entry.scenario].values,
+                           "out_dir": os.path.relpath(plan.out, plan.notebooks_dir)}}
+
+
+def execute(job: Mapping[str, Any]) -> dict[str, Any]:
+    """Run one notebook with papermill, in a worker process of its own; `{"error", "seconds"}`.
+
+    The kernel's output and papermill's log go to the job's log file, so the
+    terminal shows only the progress lines.
+    """
+    import logging
+
+    import papermill as pm
+
+    print(f"gp: {job['scenario']}: started {job['input']}", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    os.chdir(job["cwd"])
+    log = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True)
+    error = with_kernel_retries(lambda: pm.execute_notebook(
+        job["input"], job["output"], parameters=dict(job["parameters"]), cwd=".",
+        execution_timeout=job["timeout_s"], progress_bar=False), job["output"])
+    return {"error": error, "seconds": time.monotonic() - started}
+
+
+def with_kernel_retries(run_once: Callable[[], Any], output: str | Path, attempts: int = KERNEL_START_ATTEMPTS,
+                        pause_s: float = 1.0) -> str | None:
+    """Call `run_once`, again when it failed before any cell ran (a kernel that lost a port race);
+    the failure as one sentence, or None."""
+    attempt = 1
+    while True:
+        try:
+            run_once()
+            return None
+        except Exception as exc:
+            if attempt >= attempts or cells_started(output):
+                return failure_message(exc)
+            print(f"gp: no cell ran ({_first_line(str(exc))}); starting the kernel again", file=sys.stderr)
+            time.sleep(pause_s * attempt)
+            attempt += 1
+
+
+def cells_started(path: str | Path) -> bool:
+    """Whether any cell of a (partly) executed notebook began to run: if none did, a retry is safe."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(str(path), as_version=4)
+    except (OSError, ValueError):
+        return False
+    return any(c.get("metadata", {}).get("papermill", {}).get("start_time") for c in nb.cells)
+
+
+def failure_message(exc: BaseException) -> str:
+    """One plain sentence for a notebook that raised, timed out, or never started."""
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(exc, PapermillExecutionError):
+        return f"the notebook raised {exc.ename}: {_first_line(exc.evalue)} (cell [{exc.exec_count}])"
+    return f"the notebook could not be executed: {type(exc).__name__}: {_first_line(str(exc))}"
+
+
+def collect(plan: Plan, entry: Entry, result: Mapping[str, Any]) -> Outcome:
+    """The outcome of one worker: the executed notebook's scraps, or the error."""
+    import scrapbook as sb
+
+    executed = plan.out / "notebooks" / entry.notebook
+    scraps: dict[str, Any] = {}
+    error = result.get("error")
+    if executed.exists():
+        try:
+            scraps = {name: scrap.data for name, scrap in sb.read_notebook(str(executed)).scraps.items()}
+        except Exception as exc:  # a notebook papermill wrote but scrapbook cannot read
+            error = error or f"the executed notebook cannot be read: {exc}"
+    if not error and "summary" not in scraps:
+        error = "the notebook finished without gluing its `summary` scrap"
+    return Outcome(entry, executed, float(result.get("seconds", 0.0)), scraps, redact(error))
+
+
+def scenario_summary(outcome: Outcome) -> dict[str, Any]:
+    """The scenario's entry in summary.json."""
+    entry = {"verdict": outcome.verdict, "report": outcome.entry.report,
+             "checks": outcome.scraps.get("summary", {}).get("checks", []) if not outcome.error else [],
+             "metrics": outcome.scraps.get("summary", {}).get("metrics", {}) if not outcome.error else {}}
+    if outcome.why:
+        entry["error"] = outcome.why
+    return entry
+
+
+def write_scenario_report(plan: Plan, outcome: Outcome) -> Path:
+    """Render the scenario's GOLDEN_PATH_*_TEST_REPORT.md from its executed notebook."""
+    params = plan.parameters[outcome.entry.scenario].params
+    facts = [("scenario", outcome.entry.scenario), ("mode", params.mode),
+             ("target", params.target_url or "reference server, started per arm on 127.0.0.1"),
+             ("run", plan.run_id), ("notebook", f"notebooks/{outcome.entry.notebook}"),
+             ("executed notebook", f"[notebooks/{outcome.entry.notebook}](notebooks/{outcome.entry.notebook})"),
+             ("duration", f"{outcome.seconds:.1f} s")]
+    context = report.ReportContext(scenario=outcome.entry.scenario, title=outcome.entry.title, verdict=outcome.verdict,
+                            error=outcome.why, facts=facts, command=plan.commands[outcome.entry.scenario],
+                            parameters=plan.parameters[outcome.entry.scenario].values)
+    return report.write_report(outcome.executed, plan.out, outcome.entry.report, context)
+
+
+# -- after the run ----------------------------------------------------------------------------
+
+SCRUBBED = (".md", ".json", ".xml", ".ipynb", ".jsonl", ".log", ".txt", ".csv")
+
+
+def scrub(out: Path) -> None:
+    """Redact every text file under OUT, and say which needed it: nothing secret may leave a run."""
+    for path in sorted(out.rglob("*")):
+        if path.suffix not in SCRUBBED or not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        clean = redact(text)
+        if clean != text:
+            path.write_text(clean)
+            print(f"gp: warning: redacted a secret or token from {path.relative_to(out)}", file=sys.stderr)
+
+
+def _point(link: Path, target: Path) -> None:
+    """Make `link` a relative symlink to `target`, replacing the old one atomically."""
+    temporary = link.with_name(f".{link.name}.{os.getpid()}")
+    temporary.unlink(missing_ok=True)
+    temporary.symlink_to(os.path.relpath(target, link.parent))
+    os.replace(temporary, link)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _first_line(text: str | None) -> str:
+    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
+    return lines[0].strip() if lines else ""

@@ -1,0 +1,378 @@
+"""`gp report`: validation before any traffic, execution, outputs and exit codes.
+
+The end-to-end tests run `gp report` as a subprocess, once per situation, with
+parameters/quick.yaml, and share each run between several assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from gp_lib import batch, cli
+from gp_lib.notebook import SECTION_TITLES, SECTIONS
+from gp_lib.redact import register_secret
+from gp_lib.scenarios.common import CommonParams, ParameterError
+from gp_lib.target import free_port, running_server
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "notebooks"
+QUICK = str(ROOT / "parameters" / "quick.yaml")
+SCALE = float(os.environ.get("GP_TIME_SCALE", "1"))
+JWT_SHAPE = re.compile(rb"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}")
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    batch.configure(parser)
+    return parser.parse_args(list(argv))
+
+
+# -- the registry and the command ---------------------------------------------------------------
+
+def test_registry_holds_the_four_scenarios_and_their_notebooks():
+    assert batch.DEFAULT_SCENARIOS == ("race_conditions", "service_dependencies", "factory_initialization",
+                                       "missing_events")
+    for name in batch.DEFAULT_SCENARIOS:
+        entry = batch.REGISTRY[name]
+        assert (batch.NOTEBOOKS_DIR / entry.notebook).is_file()
+        assert re.fullmatch(r"GOLDEN_PATH_[A-Z_]+_TEST_REPORT\.md", entry.report)
+        assert issubclass(entry.params_class(), CommonParams)
+
+
+def test_command_line_repeats_one_scenario_without_out_or_jobs():
+    args = parse("--target", "ws://h:1/ws", "--params", "parameters/quick.yaml", "-p", "sweep_repeats=1",
+                 "-p", "concurrency_levels=[1, 5]", "--out", "x", "--jobs", "3")
+    assert batch.command_line(args, "race_conditions") == (
+        "gp report --target ws://h:1/ws --scenario race_conditions --params parameters/quick.yaml "
+        "-p sweep_repeats=1 -p 'concurrency_levels=[1, 5]'")
+
+
+def test_default_jobs_is_the_cores_at_most_four():
+    assert batch.default_jobs() == max(1, min(os.cpu_count() or 1, 4))
+    assert parse().jobs == batch.default_jobs()
+
+
+def test_plan_defaults_to_a_fresh_run_folder_under_reports(monkeypatch, tmp_path):
+    monkeypatch.setattr(batch, "REPORTS_DIR", tmp_path)
+    plan = batch.make_plan(parse("--scenario", "missing_events", "--jobs", "8"))
+    assert re.fullmatch(r"\d{8}T\d{6}Z", plan.run_id) and plan.out == tmp_path / plan.run_id
+    assert plan.latest == tmp_path / "latest" and plan.jobs == 1
+
+
+def test_runs_in_the_same_second_get_their_own_folders(tmp_path):
+    (tmp_path / "20261130T120000Z").mkdir()
+    (tmp_path / "20261130T120000Z-2").mkdir()
+    assert batch._fresh(tmp_path / "20261130T120000Z") == tmp_path / "20261130T120000Z-3"
+
+
+def test_latest_is_a_relative_symlink_to_the_newest_run(tmp_path):
+    for run_id in ("20261130T120000Z", "20261130T130000Z"):
+        (tmp_path / run_id).mkdir()
+        batch._point(tmp_path / "latest", tmp_path / run_id)
+    assert os.readlink(tmp_path / "latest") == "20261130T130000Z"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["20261130T120000Z", "20261130T130000Z", "latest"]
+
+
+# -- bad parameters: exit 2, the culprit named, nothing sent --------------------------------------
+
+@pytest.fixture(scope="module")
+def idle_server():
+    with running_server() as server:
+        yield server
+
+
+@pytest.mark.parametrize("extra, culprit", [
+    (["--scenario", "race_condition"], "race_condition"),
+    (["-p", "colour=red"], "colour"),
+    (["-p", "race_conditions.sweep_repeats=-1"], "sweep_repeats"),
+    (["-p", "missing_events.sequential_runs=-5"], "sequential_runs"),
+    (["-p", "jwt_secret=abc"], "jwt_secret"),
+    (["--jobs", "0"], "--jobs"),
+])
+def test_bad_parameters_exit_2_before_any_traffic(idle_server, tmp_path, capsys, extra, culprit):
+    out = tmp_path / "out"
+    code = cli.main(["report", "--target", idle_server.url, "--out", str(out), *extra])
+    assert code == 2
+    assert culprit in capsys.readouterr().err
+    assert idle_server.stats()["connections_total"] == 0
+    assert not out.exists()
+
+
+def test_a_url_that_is_not_websocket_exits_2(idle_server, tmp_path, capsys):
+    http_url = idle_server.url.replace("ws://", "http://")
+    assert cli.main(["report", "--target", http_url, "--out", str(tmp_path / "out")]) == 2
+    assert "target_url" in capsys.readouterr().err
+    assert idle_server.stats()["connections_total"] == 0
+
+
+# -- pieces of execution ------------------------------------------------------------------------------
+
+def _notebook(path: Path, started: bool) -> Path:
+    cell = nbformat.v4.new_code_cell("1")
+    cell.metadata["papermill"] = {"start_time": "2026-11-30T12:00:00" if started else None}
+    nbformat.write(nbformat.v4.new_notebook(cells=[cell]), path)
+    return path
+
+
+def test_a_kernel_that_never_ran_a_cell_is_started_again(tmp_path, capsys):
+    output = _notebook(tmp_path / "out.ipynb", started=False)
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("Kernel died before replying to kernel_info")
+
+    assert batch.with_kernel_retries(flaky, output, attempts=3, pause_s=0) is None
+    assert len(calls) == 3
+    assert "starting the kernel again" in capsys.readouterr().err
+
+
+def test_retries_give_up_and_a_notebook_that_ran_is_not_rerun(tmp_path):
+    def dead():
+        raise RuntimeError("Kernel died before replying to kernel_info")
+
+    message = batch.with_kernel_retries(dead, tmp_path / "never-written.ipynb", attempts=2, pause_s=0)
+    assert message == "the notebook could not be executed: RuntimeError: Kernel died before replying to kernel_info"
+    calls = []
+    ran = _notebook(tmp_path / "ran.ipynb", started=True)
+    batch.with_kernel_retries(lambda: calls.append(1) or dead(), ran, attempts=3, pause_s=0)
+    assert len(calls) == 1
+
+
+def test_failure_message_of_a_notebook_that_raised():
+    from papermill.exceptions import PapermillExecutionError
+
+    exc = PapermillExecutionError(4, 7, "boom()", "ValueError", "bad value\nmore", [])
+    assert batch.failure_message(exc) == "the notebook raised ValueError: bad value (cell [7])"
+
+
+def test_scrub_redacts_every_text_file_and_says_which(tmp_path, capsys):
+    register_secret("scrub-test-secret-1234")
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "a.log").write_text("key scrub-test-secret-1234\n")
+    (tmp_path / "clean.md").write_text("nothing here\n")
+    batch.scrub(tmp_path)
+    assert (tmp_path / "notebooks" / "a.log").read_text() == "key <redacted>\n"
+    err = capsys.readouterr().err
+    assert "notebooks/a.log" in err and "clean.md" not in err
+
+
+# -- a batch of fixture notebooks: one that raises does not stop the others ------------------------------
+
+@dataclass
+class StubParams(CommonParams):
+    attempts: int = 3
+
+
+class StubEntry(batch.Entry):
+    def params_class(self) -> type:
+        return StubParams
+
+
+def test_a_missing_notebook_stops_the_run_at_once(tmp_path):
+    registry = {"ghost": StubEntry("ghost", "ghost.ipynb", "GOLDEN_PATH_GHOST_TEST_REPORT.md", "Ghost")}
+    with pytest.raises(ParameterError, match="ghost: .*ghost.ipynb"):
+        batch.make_plan(parse("--scenario", "ghost", "--out", str(tmp_path)), registry, FIXTURES)
+
+
+@pytest.fixture(scope="module")
+def stub_run(tmp_path_factory):
+    registry = {name: StubEntry(name, f"{name}.ipynb", f"GOLDEN_PATH_{name.upper()}_TEST_REPORT.md", f"Stub {name}")
+                for name in ("failing", "broken")}
+    out = tmp_path_factory.mktemp("stub") / "out"
+    args = parse("--scenario", "broken", "--scenario", "failing", "--out", str(out), "--jobs", "2", "-p", "attempts=4")
+    plan = batch.make_plan(args, registry, FIXTURES)
+    return plan, batch.run_plan(plan)
+
+
+@pytest.mark.notebook
+@pytest.mark.timeout(600)
+def test_a_notebook_that_raised_is_an_error_and_the_others_still_run(stub_run):
+    plan, summary = stub_run
+    assert summary["verdict"] == "error"
+    broken, failing = summary["scenarios"]["broken"], summary["scenarios"]["failing"]
+    assert broken["verdict"] == "error" and broken["checks"] == []
+    assert broken["error"] == "the notebook raised RuntimeError: stub failure on purpose (cell [6])"
+    assert failing["verdict"] == "fail"
+    assert [c["name"] for c in failing["checks"] if not c["passed"]] == ["stub_no_1011"]
+    assert failing["metrics"] == {"attempts": 4}
+
+
+@pytest.mark.notebook
+@pytest.mark.timeout(600)
+def test_fixture_batch_outputs(stub_run):
+    plan, _ = stub_run
+    report = (plan.out / "GOLDEN_PATH_BROKEN_TEST_REPORT.md").read_text()
+    assert report.startswith("# Stub broken: ERROR\n\n**The run could not be made:** the notebook raised RuntimeError")
+    assert (plan.out / "assets" / "failing-stub-line.png").is_file()
+    assert "![failing-stub-line](assets/failing-stub-line.png)" in (plan.out / "GOLDEN_PATH_FAILING_TEST_REPORT.md").read_text()
+    root = ET.parse(plan.out / "junit.xml").getroot()
+    assert [c.get("name") for c in root.iter("testcase") if c.find("error") is not None] == ["run"]
+    executed = nbformat.read(plan.out / "notebooks" / "failing.ipynb", as_version=4)
+    assert not any(str(Path.cwd()) in json.dumps(cell) for cell in executed.cells), "no absolute path of this machine"
+    assert (plan.out / "notebooks" / "failing.log").is_file()
+
+
+# -- end to end: `gp report` as a subprocess ---------------------------------------------------------------
+
+KNOWN_SECRET = "e2e-known-jwt-secret-7f3a9c"
+KNOWN_BYPASS_KEY = "e2e-known-bypass-key-51d2e8"
+
+
+def gp_report(out: Path, *argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run `gp report --params parameters/quick.yaml --out OUT ...`; its exit code, stdout and stderr."""
+    command = [sys.executable, "-m", "gp_lib.cli", "report", "--params", QUICK, "--out", str(out), *argv]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600 * SCALE,
+                          env={**os.environ, **(env or {})})
+
+
+def summary_of(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference") / "out"
+    return out, gp_report(out)
+
+
+@pytest.mark.notebook
+@pytest.mark.timeout(900)
+def test_reference_mode_reproduces_every_fault_and_verifies_every_fix(reference_run):
+    out, done = reference_run
+    assert done.returncode == 0, done.stderr
+    summary = summary_of(out)
+    assert summary["mode"] == "reference" and summary["target"] is None and summary["verdict"] == "pass"
+    assert re.fullmatch(r"\d{8}T\d{6}Z", summary["run_id"])
+    assert list(summary["scenarios"]) == list(batch.DEFAULT_SCENARIOS)
+    for name, entry in summary["scenarios"].items():
+        assert entry["verdict"] == "pass" and entry["report"] == batch.REGISTRY[name].report
+        assert entry["checks"] and entry["metrics"]
+    for name in batch.DEFAULT_SCENARIOS:
+        assert (out / "notebooks" / batch.REGISTRY[name].notebook).is_file()
+        assert list((out / "traces").glob(f"{name}-*.jsonl"))
+
+
+@pytest.mark.notebook
+@pytest.mark.timeout(900)
+def test_reference_reports_have_the_sections_in_order_and_their_images(reference_run):
+    out, _ = reference_run
+    for name in batch.DEFAULT_SCENARIOS:
+        text = (out / batch.REGISTRY[name].report).read_text()
+        assert text.startswith(f"# {batch.REGISTRY[name].title}: PASS")
+        assert re.findall(r"^## (.+)$", text, flags=re.M) == [SECTION_TITLES[s] for s in SECTIONS]
+        images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+        assert images and all(i.startswith("assets/") and (out / i).is_file() for i in images)
+        assert "```python" not in text and "application/scrapbook" not in text and "<div" not in text
+
+
+@pytest.mark.notebook
+@pytest.mark.timeout(900)
+def test_reference_run_writes_junit_and_progress_lines(reference_run):
+    out, done = reference_run
+    root = ET.parse(out / "junit.xml").getroot()
+    assert {s.get("name") for s in root.iter("testsuite")} == set(batch.DEFAULT_SCENARIOS)
+    assert root.get("failures") == "0" and root.get("errors") == "0" and int(root.get("tests")) >= 8
+    for name in batch.DEFAULT_SCENARIOS:
+        assert re.search(rf"^gp: {name}: started ", done.stderr, flags=re.M)
+        assert re.search(rf"^gp: {name}: finished: pass in \d+\.\d s$", done.stderr, flags=re.M)
+    assert done.stdout.strip() == f"gp report: pass: {out / 'summary.json'}"
+
+
+@pytest.mark.notebook
+@pytest.mark.timeout(900)
+def test_live_mode_against_a_healthy_server_exits_0(tmp_path):
+    with running_server(secret=KNOWN_SECRET) as server:
+        done = gp_report(tmp_path / "out", "--target", server.url, env={"JWT_SECRET_KEY": KNOWN_SECRET})
+    assert done.returncode == 0, done.stderr
+    summary = summary_of(tmp_path / "out")
+    assert summary["mode"] == "live" and summary["target"] == server.url and summary["diagnosis"] == []
+
+
+@pytest.fixture(scope="module")
+def missing_events_run(tmp_path_factory):
+    """A live run against a server whose agent runs skip the tool events, with known secrets in the environment."""
+    out = tmp_path_factory.mktemp("omit_tools") / "out"
+    with running_server({"events": "omit_tools"}, secret=KNOWN_SECRET, bypass_key=KNOWN_BYPASS_KEY) as server:
+        done = gp_report(out, "--target", server.url,
+                         env={"JWT_SECRET_KEY": KNOWN_SECRET, "E2E_OAUTH_SIMULATION_KEY": KNOWN_BYPASS_KEY})
+    return out, done
+
+
+@pytest.mark.notebook
+@pytest.mark.timeout(900)
+def test_missing_events_fail_with_exit_1_and_say_which_checks_and_why(missing_events_run):
+    out, done = missing_events_run
+    assert done.returncode == 1, done.stderr
+    summary = summary_of(out)
+    assert summary["verdict"] == "fail" and summary["scenarios"]["missing_events"]["verdict"] == "fail"
+    failed = [c for c in summary["scenarios"]["missing_events"]["checks"] if not c["passed"]]
+    assert failed and all(c["evidence"] for c in failed)
+    assert summary["diagnosis"][0]["root_cause"] == "missing_events"
+    report = (out / batch.REGISTRY["missing_events"].report).read_text()
+    assert report.startswith("# Missing events: FAIL")
+    for check in failed:
+        assert check["name"] in report and check["evidence"].split(";")[0] in report
+    junit_failures = [c.get("name") for c in ET.parse(out / "junit.xml").getroot().iter("testcase")
+                      if c.get("classname") == "missing_events" and c.find("failure") is not None]
+    assert junit_failures == [c["name"] for c in failed]
+
+
+@pytest.mark.notebook
+@pytest.mark.timeout(900)
+def test_no_secret_and_no_token_in_any_file_under_out(missing_events_run):
+    out, done = missing_events_run
+    assert "warning: redacted" not in done.stderr, "a secret reached OUT before the final scrub caught it"
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) > 10
+    for path in files:
+        data = path.read_bytes()
+        assert KNOWN_SECRET.encode() not in data, path
+        assert KNOWN_BYPASS_KEY.encode() not in data, path
+        assert not JWT_SHAPE.search(data), path
+
+
+@pytest.mark.notebook
+@pytest.mark.timeout(900)
+def test_an_unreachable_target_exits_2_with_verdict_error_and_says_so(tmp_path):
+    url = f"ws://127.0.0.1:{free_port()}/ws"
+    done = gp_report(tmp_path / "out", "--target", url, env={"JWT_SECRET_KEY": KNOWN_SECRET})
+    assert done.returncode == 2, done.stderr
+    summary = summary_of(tmp_path / "out")
+    assert summary["verdict"] == "error"
+    assert [d["root_cause"] for d in summary["diagnosis"]] == ["unreachable"]
+    for name, entry in summary["scenarios"].items():
+        assert entry["verdict"] == "error" and "unreachable" in entry["error"]
+        report = (tmp_path / "out" / entry["report"]).read_text()
+        assert report.startswith(f"# {batch.REGISTRY[name].title}: ERROR\n\n**The run could not be made:** target unreachable")
+
+
+# -- scheduling examples ------------------------------------------------------------------------------
+
+def test_the_airflow_dag_is_valid_python_running_gp_report():
+    source = (ROOT / "examples" / "airflow_dag.py").read_text()
+    compile(source, "airflow_dag.py", "exec")
+    assert "gp report --target" in source and "--out" in source
+
+
+def test_the_ci_job_runs_gp_report_and_archives_out_whatever_the_outcome():
+    import yaml
+
+    workflow = yaml.safe_load((ROOT / "examples" / "ci-job.yml").read_text())
+    for job in workflow["jobs"].values():
+        runs = " ".join(step.get("run", "") for step in job["steps"])
+        out = re.search(r"gp report .*--out \"?([\w/]+)", runs).group(1)
+        upload = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/upload-artifact"))
+        assert upload["if"] == "always()" and upload["with"]["path"] == out
