@@ -1,0 +1,342 @@
+"""`gp analyze FILE`: judge a captured trace as a run is judged, and write the same kind of report.
+
+The frames captured during an incident (the toolkit's own JSONL trace, or a
+browser HAR saved from DevTools) become the attempts and frames tables; the
+event validators of `gp_lib.events` and the diagnosis then read them as they
+read a live run. OUT receives a `GOLDEN_PATH_CAPTURED_TRACE_TEST_REPORT.md`
+(rendered by `gp_lib.report`), `summary.json` (mode `captured`, one scenario
+`captured`), `junit.xml`, the figures under `assets/` and the imported tables
+as `traces/captured.jsonl`.
+
+Exit codes: 0 nothing wrong found; 1 a root cause found or a check failed;
+2 the file cannot be read as a trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pandas as pd
+
+from gp_lib import diagnosis, events, har, report
+from gp_lib.checks import Check, none_check, ratio_check, verdict
+from gp_lib.notebook import checks_markdown, diagnosis_markdown, markdown_table
+from gp_lib.protocol import INTERNAL_ERROR
+from gp_lib.trace import ATTEMPT_COLUMNS, load_jsonl, save_jsonl
+
+SCENARIO = har.SCENARIO
+REPORT = "GOLDEN_PATH_CAPTURED_TRACE_TEST_REPORT.md"
+TITLE = "Captured trace"
+#: What each root cause costs, in the words of the scenario notebooks (the seed test plan).
+IMPACT = {
+    "race_conditions": "Users cannot establish chat sessions: the connection dies during the handshake, "
+                       "before any AI answer can be delivered.",
+    "service_dependencies": "Chat appears to work but gives no substantive answer: the agent fails silently "
+                            "when a service it needs is down.",
+    "factory_initialization": "The real-time layer is broken: connections close before they are ready, so no "
+                              "user gets live updates.",
+    "missing_events": "Users see no progress while the agent works, think the system is broken and abandon the "
+                      "session; events delivered to another user leak one customer's data to another.",
+    "authentication": "Users are refused at the door: the token or the way it travels is rejected.",
+    "unreachable": "The service cannot be reached at all.",
+}
+
+
+class TraceError(ValueError):
+    """The file cannot be read as a trace; the message names it."""
+
+
+@dataclass
+class Trace:
+    """A captured trace as tables, and what could not be read from it."""
+
+    path: Path
+    kind: str                     # "HAR" or "JSONL"
+    attempts: pd.DataFrame
+    frames: pd.DataFrame
+    problems: list[str] = field(default_factory=list)
+    entries: int | None = None    # HAR entries of any kind
+
+
+@dataclass
+class Analysis:
+    """What a trace says: checks, metrics, the runs the validators saw, the diagnosis."""
+
+    trace: Trace
+    checks: list[Check]
+    metrics: dict[str, Any]
+    runs: pd.DataFrame
+    findings: list[Any]
+
+    @property
+    def verdict(self) -> str:
+        return verdict(self.checks) if not self.findings else "fail"
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+def load_trace(path: str | Path) -> Trace:
+    """Read a HAR file or a toolkit JSONL trace, told apart by content, not by name.
+
+    Raises:
+        TraceError: the file is missing, neither a HAR nor a JSONL trace, or holds no connection.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TraceError(f"{path}: cannot be read ({exc})") from None
+    try:
+        if _is_har(text):
+            imported = har.load_har(path)
+            if not imported.websocket_entries:
+                raise TraceError(f"{path}: none of its {imported.entries} entries is a WebSocket: save the HAR "
+                                 "from the page that opened the socket, with the socket in the Network panel")
+            return Trace(path, "HAR", imported.attempts, imported.frames, imported.problems, imported.entries)
+        attempts, frames = load_jsonl(path)
+    except ValueError as exc:
+        raise TraceError(str(exc)) from None
+    except KeyError as exc:
+        raise TraceError(f"{path}: attempt records lack the column {exc}") from None
+    if attempts.empty and frames.empty:
+        raise TraceError(f"{path}: holds no attempts and no frames")
+    columns = dict.fromkeys([*ATTEMPT_COLUMNS, *attempts.columns])  # a trace written by other tools may lack some
+    return Trace(path, "JSONL", attempts.reindex(columns=list(columns)), frames)
+
+
+def _is_har(text: str) -> bool:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and "log" in data
+
+
+# -- judging -------------------------------------------------------------------------------------
+
+def analyze(trace: Trace) -> Analysis:
+    """Run the checks, the event validators and the diagnosis on a trace."""
+    checks, metrics, runs = trace_checks(trace.attempts, trace.frames)
+    metrics["problems"] = len(trace.problems)
+    findings = diagnosis.diagnose_tables(trace.attempts, trace.frames, {SCENARIO: checks})
+    return Analysis(trace, checks, metrics, runs, findings)
+
+
+def trace_checks(attempts: pd.DataFrame, frames: pd.DataFrame) -> tuple[list[Check], dict[str, Any], pd.DataFrame]:
+    """Checks, metrics and the agent runs of a trace, from its tables alone.
+
+    The connection checks apply to any trace; the event checks only when an
+    agent run was requested or seen, so a capture without agent traffic is
+    not failed for what it never tried.
+    """
+    total = len(attempts)
+    outcomes = attempts["outcome"]
+    received_any = pd.to_numeric(attempts["frames_received"], errors="coerce").fillna(0) > 0
+    upgraded = attempts[(attempts["handshake_status"] == 101) | received_any]  # a HAR may lack the status
+    ready = int(upgraded["t_ready_ms"].notna().sum())
+    close_codes = pd.to_numeric(attempts["close_code"], errors="coerce")
+    closed_1011 = int((close_codes == INTERNAL_ERROR).sum())
+    unknown = int(close_codes.isna().sum())
+    runs = own_runs(attempts, frames)
+    observed = runs[runs["events"] > 0]
+    received = events.run_events(frames, attempts)
+    complete = int(runs["complete"].astype(bool).sum())
+    out_of_order = int((~observed["in_order"].astype(bool)).sum())
+    open_tools = int((~observed["tools_closed"].astype(bool)).sum())
+    leaks = int(received["foreign"].astype(bool).sum())
+
+    checks = [
+        none_check("upgrades_accepted", total - len(upgraded), total, what="upgrades not answered with 101"),
+        ratio_check("connections_ready", ready, len(upgraded), at_least=1.0,
+                    what="upgraded connections received a readiness marker"),
+        none_check("no_1011_closes", closed_1011, total, what="attempts closed 1011"
+                   + (f" (close code not recorded for {unknown})" if unknown else "")),
+    ]
+    if len(runs):
+        checks += [
+            _completeness(runs, complete),
+            Check("started_first_completed_last", out_of_order == 0,
+                  f"{out_of_order} of {len(observed)} runs broke the order" + _example(observed, "in_order")),
+            Check("tool_calls_closed", open_tools == 0,
+                  f"{open_tools} of {len(observed)} runs left a tool call unclosed" + _example(observed, "tools_closed")),
+            Check("no_cross_user_events", leaks == 0,
+                  f"{leaks} of {len(received)} agent events arrived on another user's socket"),
+        ]
+    metrics = {
+        "attempts": total,
+        **{outcome: int((outcomes == outcome).sum()) for outcome in dict.fromkeys(outcomes.dropna())},
+        "closed_1011": closed_1011,
+        "close_code_unknown": unknown,
+        "ws_connecting_p50_ms": _percentile(attempts, "t_open_ms", 0.5),
+        "ws_connecting_p95_ms": _percentile(attempts, "t_open_ms", 0.95),
+        "ready_p50_ms": _percentile(attempts, "t_ready_ms", 0.5),
+        "ready_p95_ms": _percentile(attempts, "t_ready_ms", 0.95),
+        "runs": len(runs),
+        "complete_runs": complete,
+        "completeness_rate": round(complete / len(runs), 4) if len(runs) else None,
+        "cross_user_events": leaks,
+        **{name: int(pd.to_numeric(attempts[column], errors="coerce").fillna(0).sum()) for name, column in
+           (("ws_msgs_sent", "frames_sent"), ("ws_msgs_received", "frames_received"),
+            ("invalid_frames", "invalid_frames"))},
+    }
+    return checks, metrics, runs
+
+
+def own_runs(attempts: pd.DataFrame, frames: pd.DataFrame) -> pd.DataFrame:
+    """The agent runs each socket asked for (`events.run_table`, other users' runs left out), plus
+    one empty row per request that no event answered: a run skipped entirely misses all five."""
+    table = events.run_table(frames, attempts)
+    table = table[~table["foreign"].astype(bool)]
+    sent = frames[(frames["direction"] == "sent") & frames["type"].isin(events.REQUEST_TYPES)] if len(frames) \
+        else frames
+    asked = sent.groupby("attempt_id").size() if len(sent) else pd.Series(dtype=int)
+    seen = table.groupby("attempt_id").size()
+    users = events.socket_users(attempts)
+    blanks = [{"attempt_id": attempt_id, "socket_user": users.get(str(attempt_id)), "run_key": "no events",
+               "events": 0, "sequence": "", "missing": ", ".join(events.EVENT_NAMES), "complete": False,
+               "in_order": True, "tools_closed": True, "foreign": False, "ending": "unfinished",
+               "notes": "no agent event answered this request"}
+              for attempt_id, n in asked.items() for _ in range(int(n) - int(seen.get(attempt_id, 0)))]
+    if blanks:
+        table = pd.concat([table, pd.DataFrame(blanks)], ignore_index=True) if len(table) else pd.DataFrame(blanks)
+    return table.reindex(columns=events.RUN_COLUMNS).reset_index(drop=True)
+
+
+def _completeness(runs: pd.DataFrame, complete: int) -> Check:
+    lacking = runs.loc[~runs["complete"].astype(bool), "missing"].value_counts()
+    return Check("all_five_events", complete == len(runs),
+                 f"{complete} of {len(runs)} agent runs showed all five events"
+                 + "".join(f"; {n} lacked {missing}" for missing, n in lacking.items()))
+
+
+def _example(runs: pd.DataFrame, column: str) -> str:
+    bad = runs.loc[~runs[column].astype(bool), "problems"]
+    return f"; e.g. {bad.iloc[0].split('; ')[0]}" if len(bad) and bad.iloc[0] else ""
+
+
+def _percentile(attempts: pd.DataFrame, column: str, q: float) -> float | None:
+    values = pd.to_numeric(attempts[column], errors="coerce").dropna()
+    return round(float(values.quantile(q)), 1) if len(values) else None
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+def write(analysis: Analysis, out: str | Path, command: str) -> Path:
+    """Write the report, summary.json, junit.xml, figures and the imported tables under `out`; the report's path."""
+    from gp_lib.plots.history import trace_timeline
+
+    out = Path(out)
+    (out / report.ASSETS).mkdir(parents=True, exist_ok=True)
+    trace = analysis.trace
+    figure = out / report.ASSETS / f"{SCENARIO}-timeline.png"
+    trace_timeline(trace.attempts, trace.frames).savefig(figure, dpi=110, bbox_inches="tight")
+    save_jsonl(out / "traces" / f"{SCENARIO}.jsonl", trace.attempts, trace.frames)
+    summary = summary_of(analysis, out.name)
+    (out / "summary.json").write_text(report.summary_json(summary))
+    (out / "junit.xml").write_text(report.junit_xml(summary, {}))
+    context = report.ReportContext(
+        scenario=SCENARIO, title=f"{TITLE}: {trace.path.name}", verdict=analysis.verdict, error=None,
+        facts=[("file", str(trace.path)), ("kind", trace.kind), ("analysed", summary["started_at"])],
+        command=command, parameters={})
+    text, _ = report.render(report_notebook(analysis, f"{report.ASSETS}/{figure.name}"), context)
+    path = out / REPORT
+    path.write_text(text)
+    return path
+
+
+def summary_of(analysis: Analysis, run_id: str) -> dict[str, Any]:
+    """The summary.json of an analysis, in the DESIGN.md schema (mode `captured`)."""
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return {"run_id": run_id, "mode": "captured", "target": str(analysis.trace.path), "started_at": now,
+            "finished_at": now, "verdict": analysis.verdict,
+            "scenarios": {SCENARIO: {"verdict": analysis.verdict, "report": REPORT,
+                                     "checks": [c.to_dict() for c in analysis.checks],
+                                     "metrics": analysis.metrics}},
+            "diagnosis": [f.to_dict() for f in analysis.findings]}
+
+
+def report_notebook(analysis: Analysis, figure: str) -> nbformat.NotebookNode:
+    """The report's sections as section-tagged Markdown cells, for `report.render`."""
+    trace = analysis.trace
+    failed = [c.name for c in analysis.checks if not c.passed]
+    headline = [{"figure": k, "value": analysis.metrics.get(k)} for k in
+                ("attempts", "closed_1011", "close_code_unknown", "runs", "complete_runs", "cross_user_events")]
+    verdict_text = (f"**Verdict: {report.BADGES[analysis.verdict]}** for `{trace.path.name}`: "
+                    + (f"{len(failed)} of {len(analysis.checks)} checks failed ({', '.join(failed)})"
+                       if failed else f"all {len(analysis.checks)} checks passed")
+                    + ("" if not analysis.findings else f"; strongest root cause: {analysis.findings[0].root_cause}")
+                    + "\n\n" + markdown_table(headline))
+    impact = "\n\n".join(f"**{f.root_cause}**: {IMPACT[f.root_cause]}" for f in analysis.findings
+                         if f.root_cause in IMPACT) or "Nothing wrong was found in this trace: no impact to report."
+    root_cause = diagnosis_markdown(analysis.findings)
+    if trace.problems:
+        root_cause += (f"\n\n**{len(trace.problems)} parts of the file could not be read** (left out of the "
+                       "analysis):\n\n" + "\n".join(f"- {p}" for p in trace.problems))
+    columns = ["attempt_id", "socket_user", "run_id", "sequence", "missing", "ending", "problems"]
+    results = checks_markdown(analysis.checks) + "\n\n**Agent runs seen by the validators**\n\n" \
+        + markdown_table(analysis.runs, columns)
+    attempts = trace.attempts.assign(close_code=trace.attempts["close_code"].astype(object).where(
+        trace.attempts["close_code"].notna(), "unknown")) if len(trace.attempts) else trace.attempts
+    results += "\n\n**Connection attempts**\n\n" + markdown_table(
+        attempts, [c for c in ("attempt_id", "user_id", "url", "handshake_status", "t_open_ms", "t_ready_ms",
+                               "close_code", "outcome", "frames_sent", "frames_received") if c in attempts])
+    plots = ("Each row is one connection; each mark a frame, at its time since the connection started. "
+             "A run missing events shows gaps in its colour sequence.\n\n" f"![timeline]({figure})")
+    environment = markdown_table([
+        {"item": "file", "value": str(trace.path)}, {"item": "kind", "value": trace.kind},
+        *([{"item": "HAR entries", "value": trace.entries}] if trace.entries is not None else []),
+        {"item": "connection attempts", "value": len(trace.attempts)},
+        {"item": "frames and marks", "value": len(trace.frames)},
+        {"item": "problems in the file", "value": len(trace.problems)},
+        {"item": "golden-path-lab", "value": metadata.version("golden-path-lab")},
+        {"item": "python", "value": platform.python_version()}])
+    remediation = ("A capture alone cannot verify a fix. Capture the same user flow after the fix is deployed, "
+                   "analyse it with `gp analyze`, and compare the two outputs: `gp compare OUT_BEFORE OUT_AFTER` "
+                   "exits 1 when the later one is worse.")
+    reproduce = "The analysis reads only the file, so the same command gives the same report."
+    notebook = nbformat.v4.new_notebook()
+    for section, text in (("verdict", verdict_text), ("impact", impact), ("root-cause", root_cause),
+                          ("results", results), ("plots", plots), ("environment", environment),
+                          ("remediation", remediation), ("reproduce", reproduce)):
+        notebook.cells.append(nbformat.v4.new_markdown_cell(text, metadata={"tags": [f"section-{section}"]}))
+    return notebook
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="FILE", help="a trace: the toolkit's JSONL (OUT/traces/*.jsonl) or a "
+                        "browser HAR saved from DevTools")
+    parser.add_argument("--out", metavar="DIR", help="where to write the report (default: reports/<run id>-<file "
+                        "name>)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        trace = load_trace(args.file)
+    except TraceError as exc:
+        print(f"gp analyze: {exc}", file=sys.stderr)
+        return 2
+    analysis = analyze(trace)
+    if args.out:
+        out = Path(args.out)
+    else:
+        from gp_lib.batch import REPORTS_DIR
+
+        out = REPORTS_DIR / f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{trace.path.stem}"
+    command = shlex.join(["gp", "analyze", str(args.file), *(["--out", str(args.out)] if args.out else [])])
+    path = write(analysis, out, command)
+    for problem in trace.problems:
+        print(f"gp analyze: warning: {problem}", file=sys.stderr)
+    print(f"gp analyze: {analysis.verdict}: {path}")
+    return 1 if analysis.findings or any(not c.passed for c in analysis.checks) else 0
