@@ -203,7 +203,7 @@ def show_figure(figure: Any, name: str, result: Any, out_dir: str | Path, figure
 
 def glue_result(result: Any, findings: Sequence[Any], traces: Sequence[str], figures: Sequence[str]) -> None:
     """Glue the scraps that batch runs and reviews read (see the module docstring)."""
-    import scrapbook as sb
+    from IPython.display import display
 
     scraps = {
         "scenario": result.scenario,
@@ -212,16 +212,30 @@ def glue_result(result: Any, findings: Sequence[Any], traces: Sequence[str], fig
         "target": result.target,
         "checks": [c.to_dict() for c in result.checks],
         "arm_checks": {arm: [c.to_dict() for c in checks] for arm, checks in result.arm_checks.items()},
-        "metrics": _jsonable(result.metrics),
+        "metrics": result.metrics,
         "diagnosis": [f.to_dict() for f in findings],
-        "params": _jsonable(result.params),
+        "params": result.params,
         "traces": list(traces),
         "figures": list(figures),
-        "summary": _jsonable(result.summary()),
+        "summary": result.summary(),
     }
     for name, value in scraps.items():
-        if value is not None:  # scrapbook cannot glue None (target in reference mode): leave the scrap out
-            sb.glue(name, value)
+        if value is not None:  # scrapbook cannot read a null scrap (target in reference mode): leave it out
+            data, metadata = scrap_output(name, value)
+            display(data, metadata=metadata, raw=True)
+
+
+def scrap_output(name: str, value: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The display data and metadata of one JSON scrap, exactly as `scrapbook.glue` writes it.
+
+    Written here rather than by `scrapbook.glue` because importing scrapbook in
+    the kernel pulls in papermill and jsonschema's format checkers: seconds of
+    start-up per notebook for what is one display call. `scrapbook.read_notebook`
+    reads these scraps like its own (a test keeps it so).
+    """
+    payload = {"name": name, "data": _jsonable(value), "encoder": "json", "version": 1}
+    return ({"application/scrapbook.scrap.json+json": payload},
+            {"scrapbook": {"name": name, "data": True, "display": False}})
 
 
 def _jsonable(value: Any) -> Any:

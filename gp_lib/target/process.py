@@ -41,6 +41,8 @@ ADMIN_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 5.0
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 _children: set[subprocess.Popen] = set()
+_FAULT_OPTIONS = {"--fault", "--faults-json", "--setup-ms", "--setup-ms-per-concurrent", "--agent-step-ms",
+                  "--services-down"}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -139,13 +141,17 @@ def running_server(
         env: extra environment variables for the child.
         startup_timeout_s: how long to wait for the listening line.
         bypass_key: the child's E2E_OAUTH_SIMULATION_KEY; None leaves it unset (503).
-        extra_args: more command-line arguments, e.g. `("--environment", "production")`.
+        extra_args: more command-line arguments, e.g. `("--environment", "production")`;
+            not fault options: faults go through `faults`, which the child applies last.
 
     Raises:
-        ValueError: bad faults or dialect, before anything starts.
+        ValueError: bad faults or dialect, or fault options in `extra_args`, before anything starts.
         RuntimeError: the child died or did not listen in time, with its stderr tail.
     """
     faults = faults if isinstance(faults, Faults) else Faults.from_dict(dict(faults or {}))
+    fault_options = sorted({a.split("=")[0] for a in extra_args} & _FAULT_OPTIONS)
+    if fault_options:
+        raise ValueError(f"pass faults through the faults argument, not extra_args ({', '.join(fault_options)})")
     dialect = dialect if isinstance(dialect, Dialect) else Dialect.parse(dialect)
     if secret is None:
         secret = secrets.token_urlsafe(32)

@@ -151,9 +151,16 @@ def test_child_is_stopped_when_the_block_raises():
 
 def test_child_that_dies_before_listening_raises_with_its_stderr():
     with pytest.raises(RuntimeError, match="gremlins") as raised:
-        with running_server(extra_args=("--fault", "gremlins")):
+        with running_server(extra_args=("--dialect", "gremlins")):
             pass
     assert "exited with code 2" in str(raised.value)
+
+
+def test_fault_options_in_extra_args_are_refused():
+    """The child applies `faults` last, so a --fault in extra_args would be silently overridden."""
+    with pytest.raises(ValueError, match="pass faults through the faults argument.*--fault"):
+        with running_server(extra_args=("--fault", "events")):
+            pass
 
 
 def test_port_in_use_raises_with_the_reason():
