@@ -32,7 +32,7 @@ from gp_lib import diagnosis, events, har, report
 from gp_lib.checks import Check, none_check, ratio_check, verdict
 from gp_lib.notebook import checks_markdown, diagnosis_markdown, markdown_table
 from gp_lib.protocol import INTERNAL_ERROR
-from gp_lib.trace import ATTEMPT_COLUMNS, load_jsonl, save_jsonl
+from gp_lib.trace import ATTEMPT_COLUMNS, connection_metrics, load_jsonl, save_jsonl
 
 SCENARIO = har.SCENARIO
 REPORT = "GOLDEN_PATH_CAPTURED_TRACE_TEST_REPORT.md"
@@ -147,7 +147,7 @@ def trace_checks(attempts: pd.DataFrame, frames: pd.DataFrame) -> tuple[list[Che
     close_codes = pd.to_numeric(attempts["close_code"], errors="coerce")
     closed_1011 = int((close_codes == INTERNAL_ERROR).sum())
     unknown = int(close_codes.isna().sum())
-    runs = own_runs(attempts, frames)
+    runs = events.requested_runs(frames, attempts)
     observed = runs[runs["events"] > 0]
     received = events.run_events(frames, attempts)
     complete = int(runs["complete"].astype(bool).sum())
@@ -177,39 +177,14 @@ def trace_checks(attempts: pd.DataFrame, frames: pd.DataFrame) -> tuple[list[Che
         **{outcome: int((outcomes == outcome).sum()) for outcome in dict.fromkeys(outcomes.dropna())},
         "closed_1011": closed_1011,
         "close_code_unknown": unknown,
-        "ws_connecting_p50_ms": _percentile(attempts, "t_open_ms", 0.5),
-        "ws_connecting_p95_ms": _percentile(attempts, "t_open_ms", 0.95),
-        "ready_p50_ms": _percentile(attempts, "t_ready_ms", 0.5),
-        "ready_p95_ms": _percentile(attempts, "t_ready_ms", 0.95),
+        **connection_metrics(attempts),
         "runs": len(runs),
         "complete_runs": complete,
         "completeness_rate": round(complete / len(runs), 4) if len(runs) else None,
         "cross_user_events": leaks,
-        **{name: int(pd.to_numeric(attempts[column], errors="coerce").fillna(0).sum()) for name, column in
-           (("ws_msgs_sent", "frames_sent"), ("ws_msgs_received", "frames_received"),
-            ("invalid_frames", "invalid_frames"))},
+        "invalid_frames": int(pd.to_numeric(attempts["invalid_frames"], errors="coerce").fillna(0).sum()),
     }
     return checks, metrics, runs
-
-
-def own_runs(attempts: pd.DataFrame, frames: pd.DataFrame) -> pd.DataFrame:
-    """The agent runs each socket asked for (`events.run_table`, other users' runs left out), plus
-    one empty row per request that no event answered: a run skipped entirely misses all five."""
-    table = events.run_table(frames, attempts)
-    table = table[~table["foreign"].astype(bool)]
-    sent = frames[(frames["direction"] == "sent") & frames["type"].isin(events.REQUEST_TYPES)] if len(frames) \
-        else frames
-    asked = sent.groupby("attempt_id").size() if len(sent) else pd.Series(dtype=int)
-    seen = table.groupby("attempt_id").size()
-    users = events.socket_users(attempts)
-    blanks = [{"attempt_id": attempt_id, "socket_user": users.get(str(attempt_id)), "run_key": "no events",
-               "events": 0, "sequence": "", "missing": ", ".join(events.EVENT_NAMES), "complete": False,
-               "in_order": True, "tools_closed": True, "foreign": False, "ending": "unfinished",
-               "notes": "no agent event answered this request"}
-              for attempt_id, n in asked.items() for _ in range(int(n) - int(seen.get(attempt_id, 0)))]
-    if blanks:
-        table = pd.concat([table, pd.DataFrame(blanks)], ignore_index=True) if len(table) else pd.DataFrame(blanks)
-    return table.reindex(columns=events.RUN_COLUMNS).reset_index(drop=True)
 
 
 def _completeness(runs: pd.DataFrame, complete: int) -> Check:
@@ -222,11 +197,6 @@ def _completeness(runs: pd.DataFrame, complete: int) -> Check:
 def _example(runs: pd.DataFrame, column: str) -> str:
     bad = runs.loc[~runs[column].astype(bool), "problems"]
     return f"; e.g. {bad.iloc[0].split('; ')[0]}" if len(bad) and bad.iloc[0] else ""
-
-
-def _percentile(attempts: pd.DataFrame, column: str, q: float) -> float | None:
-    values = pd.to_numeric(attempts[column], errors="coerce").dropna()
-    return round(float(values.quantile(q)), 1) if len(values) else None
 
 
 # -- writing -------------------------------------------------------------------------------------

@@ -328,6 +328,28 @@ def run_table(frames: pd.DataFrame, attempts: pd.DataFrame | Mapping[str, Any]) 
     return table
 
 
+def requested_runs(frames: pd.DataFrame, attempts: pd.DataFrame | Mapping[str, Any]) -> pd.DataFrame:
+    """The runs each socket asked for: its own runs of `run_table` (other users' left out), plus
+    one row with zero events per request that no event answered, since a run skipped entirely
+    misses all five."""
+    table = run_table(frames, attempts)
+    table = table[~table["foreign"].astype(bool)]
+    sent = frames[(frames["direction"] == "sent") & frames["type"].isin(REQUEST_TYPES)] if len(frames) else frames
+    asked = sent.groupby("attempt_id").size() if len(sent) else pd.Series(dtype=int)
+    observed = table.groupby("attempt_id").size()
+    users = socket_users(attempts)
+    blanks = [{"attempt_id": attempt_id, "socket_user": users.get(attempt_id),
+               "run_key": f"request without events {n + 1}", "events": 0, "sequence": "",
+               **{name: 0 for name in (*EVENT_NAMES, AGENT_ERROR)},
+               "missing": ", ".join(EVENT_NAMES), "complete": False, "in_order": True, "tool_calls": 0,
+               "tools_closed": True, "foreign": False, "foreign_events": 0, "ending": "unfinished", "problems": "",
+               "notes": "no agent event arrived for this request"}
+              for attempt_id, n_asked in asked.items() for n in range(int(n_asked) - int(observed.get(attempt_id, 0)))]
+    if blanks:
+        table = pd.concat([table, pd.DataFrame(blanks)], ignore_index=True) if len(table) else pd.DataFrame(blanks)
+    return table.reindex(columns=RUN_COLUMNS).reset_index(drop=True)
+
+
 def transitions(frames: pd.DataFrame, attempts: pd.DataFrame | Mapping[str, Any]) -> pd.DataFrame:
     """The receive-time gap between each two consecutive events of a run (`TRANSITION_COLUMNS`)."""
     events = run_events(frames, attempts)

@@ -148,6 +148,35 @@ def concat(tables: Iterable[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
+# -- figures every run reports ------------------------------------------------------------
+
+def percentile(values: Any, q: float) -> float | None:
+    """The q-quantile (0 to 1) of the numeric values, to 0.1; None when there are none."""
+    values = pd.to_numeric(pd.Series(values, dtype="object"), errors="coerce").dropna()
+    return round(float(values.quantile(q)), 1) if len(values) else None
+
+
+def connection_metrics(attempts: pd.DataFrame) -> dict[str, Any]:
+    """The connection figures every scenario reports, named as k6 names them where the meaning is the same.
+
+    ws_connecting is the time to the upgrade, ready the time to the readiness
+    marker, ws_session_duration from upgrade to close; all from the attempt's start.
+    """
+    def column(name: str) -> pd.Series:
+        return pd.to_numeric(attempts[name], errors="coerce") if name in attempts else pd.Series(dtype=float)
+
+    opened, ready, closed = column("t_open_ms"), column("t_ready_ms"), column("t_close_ms")
+    return {
+        "ws_connecting_p50_ms": percentile(opened, 0.5),
+        "ws_connecting_p95_ms": percentile(opened, 0.95),
+        "ready_p50_ms": percentile(ready, 0.5),
+        "ready_p95_ms": percentile(ready, 0.95),
+        "ws_session_duration_p50_ms": percentile(closed - opened, 0.5),
+        "ws_msgs_sent": int(column("frames_sent").fillna(0).sum()),
+        "ws_msgs_received": int(column("frames_received").fillna(0).sum()),
+    }
+
+
 # -- JSONL files ---------------------------------------------------------------------
 
 def save_jsonl(path: str | Path, attempts: pd.DataFrame, frames: pd.DataFrame) -> Path:

@@ -217,6 +217,18 @@ def test_a_misrouted_run_shows_as_another_users_run_on_the_wrong_socket():
     assert matrix.index.name == "receiving socket's user" and matrix.columns.name == "event's user_id"
 
 
+def test_requested_runs_count_unanswered_requests_and_leave_out_other_users_runs():
+    own_start = run(HEALTHY)[:1]
+    rest = run(HEALTHY)[1:]
+    table = events.requested_runs(frames(request("a1", 1.0), *received("a1", own_start),
+                                         request("a2", 2.0, "t9"), *received("a2", rest, t0=30.0),
+                                         request("a2", 90.0, "t10")), ATTEMPTS)
+    assert list(table.columns) == events.RUN_COLUMNS
+    assert list(table["attempt_id"]) == ["a1", "a2", "a2"]        # u1's leaked run on a2 is not a2's own
+    assert list(table["events"]) == [1, 0, 0] and not table["complete"].any()
+    assert list(table["missing"][1:]) == [", ".join(events.EVENT_NAMES)] * 2
+
+
 def test_without_run_ids_each_agent_started_opens_a_run():
     no_ids = run(HEALTHY, "flat", run_id=None)
     stray = [event("agent_thinking", "flat", run_id=None)]

@@ -44,7 +44,7 @@ from gp_lib import protocol
 from gp_lib.checks import Check
 from gp_lib.scenarios.common import (CommonParams, Observation, ParameterError, ScenarioResult, Target,
                                      bounded_gather, elapsed_ms, run_scenario)
-from gp_lib.trace import AttemptRecord
+from gp_lib.trace import AttemptRecord, connection_metrics
 
 NAME = "factory_initialization"
 HEADLINE = ("connections", "ready", "factory_closes", "health_factory_errors", "restart_time_to_ready_ms")
@@ -396,13 +396,7 @@ def evaluate(observation: Observation, params: Params) -> tuple[list[Check], dic
         "health_factory_errors": health_errors,
         "distinct_connection_ids": int(ids.nunique()),
         "foreign_messages": foreign,
-        "ws_connecting_p50_ms": _quantile(_col(batch, "t_open_ms"), 0.5),
-        "ws_connecting_p95_ms": _quantile(_col(batch, "t_open_ms"), 0.95),
-        "time_to_ready_p50_ms": _quantile(_col(batch, "t_ready_ms"), 0.5),
-        "time_to_ready_p95_ms": _quantile(_col(batch, "t_ready_ms"), 0.95),
-        "ws_session_duration_p50_ms": _quantile(_col(batch, "t_close_ms") - _col(batch, "t_open_ms"), 0.5),
-        "ws_msgs_sent": int(pd.to_numeric(_col(judged, "frames_sent"), errors="coerce").fillna(0).sum()),
-        "ws_msgs_received": int(pd.to_numeric(_col(judged, "frames_received"), errors="coerce").fillna(0).sum()),
+        **connection_metrics(batch),
         "restart_attempts": restart["attempts"],
         "restart_refused": restart["refused"],
         "restart_time_to_ready_ms": restart["time_to_ready_ms"],
@@ -554,11 +548,6 @@ def _own_messages(batch: pd.DataFrame, ready: pd.DataFrame, tagged: int, foreign
                                   f"and none received a message carrying a user id")
     return Check(name, foreign == 0, f"{foreign} of {tagged} user-tagged messages on {len(ready)} ready "
                                      f"connections belonged to another user")
-
-
-def _quantile(values: pd.Series, q: float) -> float | None:
-    values = pd.to_numeric(values, errors="coerce").dropna()
-    return round(float(values.quantile(q)), 1) if len(values) else None
 
 
 # -- reading a result ----------------------------------------------------------------------------

@@ -58,7 +58,7 @@ from gp_lib.protocol import AGENT_COMPLETED, AGENT_ERROR, AGENT_STARTED, EVENT_N
 from gp_lib.scenarios.common import (CommonParams, Observation, ParameterError, ScenarioResult, Target,
                                      bounded_gather, run_scenario)
 from gp_lib.target.faults import FAULT_MODES
-from gp_lib.trace import AttemptRecord
+from gp_lib.trace import AttemptRecord, connection_metrics, percentile
 
 NAME = "missing_events"
 HEADLINE = ("runs", "complete_runs", "completeness_rate", "cross_user_events", "event_latency_p50_ms")
@@ -263,36 +263,15 @@ def _started_or_failed(thread_id: str, message: dict[str, Any]) -> bool:
 # -- judging (pure) ------------------------------------------------------------------------
 
 def requested_runs(attempts: pd.DataFrame, frames: pd.DataFrame) -> pd.DataFrame:
-    """One row per run requested in the sequential and concurrent phases, as its own socket saw it.
-
-    The runs of `events.run_table` that are the socket's own (not another
-    user's), plus, for each request that showed no event at all, a row with
-    zero events: a run skipped entirely must count as missing all five.
-    """
+    """One row per run requested in the sequential and concurrent phases, as its own socket saw it
+    (`events.requested_runs`: a request that showed no event at all misses all five)."""
     columns = ["condition", *events.RUN_COLUMNS]
     if attempts.empty or "condition" not in attempts:
         return pd.DataFrame(columns=columns)
     judged = attempts[attempts["condition"].isin(RUN_CONDITIONS)]
     conditions = dict(zip(judged["attempt_id"], judged["condition"]))
     own_frames = frames[frames["attempt_id"].isin(conditions)] if len(frames) else frames
-    table = events.run_table(own_frames, judged)
-    table = table[~table["foreign"].astype(bool)]
-    sent = own_frames[(own_frames["direction"] == "sent") & own_frames["type"].isin(events.REQUEST_TYPES)] \
-        if len(own_frames) else own_frames
-    requests = sent.groupby("attempt_id").size() if len(sent) else pd.Series(dtype=int)
-    observed = table.groupby("attempt_id").size()
-    users = events.socket_users(judged)
-    blanks = []
-    for attempt_id, asked in requests.items():
-        for n in range(int(asked) - int(observed.get(attempt_id, 0))):
-            blanks.append({"attempt_id": attempt_id, "socket_user": users.get(attempt_id),
-                           "run_key": f"request without events {n + 1}", "events": 0, "sequence": "",
-                           **{name: 0 for name in (*EVENT_NAMES, AGENT_ERROR)}, "missing": ", ".join(EVENT_NAMES),
-                           "complete": False, "in_order": True, "tool_calls": 0, "tools_closed": True,
-                           "foreign": False, "foreign_events": 0, "ending": "unfinished", "problems": "",
-                           "notes": "no agent event arrived for this request"})
-    if blanks:
-        table = pd.concat([table, pd.DataFrame(blanks)], ignore_index=True) if len(table) else pd.DataFrame(blanks)
+    table = events.requested_runs(own_frames, judged)
     table = table.assign(condition=table["attempt_id"].map(conditions))
     return table.reindex(columns=columns).reset_index(drop=True)
 
@@ -350,8 +329,6 @@ def evaluate(observation: Observation, params: Params) -> tuple[list[Check], dic
     first_event = (runs["t_first_ms"] - runs["t_request_ms"]).dropna() if total else pd.Series(dtype=float)
     duration = (observed["t_last_ms"] - observed["t_first_ms"]).dropna()
     outcomes = attempts["outcome"] if len(attempts) else pd.Series(dtype=object)
-    opened = pd.to_numeric(attempts.get("t_open_ms", pd.Series(dtype=float)), errors="coerce").dropna()
-    closed = pd.to_numeric(attempts.get("t_close_ms", pd.Series(dtype=float)), errors="coerce").dropna()
     not_ready = int(attempts["t_ready_ms"].isna().sum()) if len(attempts) else 0
 
     checks = [
@@ -376,20 +353,16 @@ def evaluate(observation: Observation, params: Params) -> tuple[list[Check], dic
         "agent_events_received": len(received),
         "cross_user_events": leaks,
         "sockets_receiving_foreign_events": int(received.loc[received["foreign"].astype(bool), "attempt_id"].nunique()),
-        "event_latency_p50_ms": _percentile(gaps["gap_ms"].dropna(), 50),
-        "event_latency_p95_ms": _percentile(gaps["gap_ms"].dropna(), 95),
-        "time_to_first_event_p50_ms": _percentile(first_event, 50),
-        "run_duration_p50_ms": _percentile(duration, 50),
+        "event_latency_p50_ms": percentile(gaps["gap_ms"], 0.5),
+        "event_latency_p95_ms": percentile(gaps["gap_ms"], 0.95),
+        "time_to_first_event_p50_ms": percentile(first_event, 0.5),
+        "run_duration_p50_ms": percentile(duration, 0.5),
         "reconnect_trials": len(status),
         "status_recovered": recovered,
         "attempts": len(attempts),
         "connections_not_ready": not_ready,
         "closed_1011": int((outcomes == "closed_1011").sum()),
-        "ws_connecting_p50_ms": _percentile(opened, 50),
-        "ws_connecting_p95_ms": _percentile(opened, 95),
-        "ws_session_duration_p50_ms": _percentile(closed, 50),
-        "ws_msgs_sent": int(attempts["frames_sent"].sum()) if len(attempts) else 0,
-        "ws_msgs_received": int(attempts["frames_received"].sum()) if len(attempts) else 0,
+        **connection_metrics(attempts),
     }
     return checks, metrics
 
@@ -459,10 +432,6 @@ def _status_check(status: pd.DataFrame, recovered: int) -> Check:
                    for r in failed.itertuples()]
         evidence += "; " + "; ".join(answers)
     return Check(name, recovered == len(status), evidence)
-
-
-def _percentile(values: pd.Series, q: float) -> float | None:
-    return round(float(values.quantile(q / 100)), 1) if len(values) else None
 
 
 # -- reading a result ------------------------------------------------------------------------

@@ -45,7 +45,7 @@ from gp_lib import protocol
 from gp_lib.checks import Check, ratio_check
 from gp_lib.scenarios.common import (CommonParams, Observation, ParameterError, ScenarioResult, Target,
                                      bounded_gather, list_field, run_scenario)
-from gp_lib.trace import AttemptRecord
+from gp_lib.trace import AttemptRecord, connection_metrics
 
 NAME = "race_conditions"
 HEADLINE = ("attempts", "closed_1011", "success_rate", "race_window_ms")
@@ -282,8 +282,7 @@ def evaluate(observation: Observation, params: Params) -> tuple[list[Check], dic
     failed_early = int((early["outcome"] == "closed_1011").sum())
     failed_waited = int((waited["outcome"] == "closed_1011").sum())
     window = race_window_ms(attempts)
-    opened, ready, closed = (pd.to_numeric(attempts[name], errors="coerce").dropna()
-                             for name in ("t_open_ms", "t_ready_ms", "t_close_ms"))
+    opened = pd.to_numeric(attempts["t_open_ms"], errors="coerce").dropna()
     burst = early_messages(attempts, frames)
     answered = int(burst["answered"].sum()) if len(burst) else 0
     cycles = rapid_cycle_events(attempts, frames)
@@ -314,13 +313,7 @@ def evaluate(observation: Observation, params: Params) -> tuple[list[Check], dic
         "attempts_wait_ready": len(waited),
         "success_rate": round(ok / total, 4) if total else None,
         "ws_connecting_mean_ms": _round(mean_connect),
-        "ws_connecting_p50_ms": _percentile(opened, 50),
-        "ws_connecting_p95_ms": _percentile(opened, 95),
-        "ready_p50_ms": _percentile(ready, 50),
-        "ready_p95_ms": _percentile(ready, 95),
-        "ws_session_duration_p50_ms": _percentile(closed, 50),
-        "ws_msgs_sent": int(attempts["frames_sent"].sum()) if total else 0,
-        "ws_msgs_received": int(attempts["frames_received"].sum()) if total else 0,
+        **connection_metrics(attempts),
         "race_window_ms": window,
         **{f"race_window_ms_c{c}": race_window_ms(early[early["concurrency"] == c]) for c in _levels(params, early)},
         "early_messages_sent": len(burst),
@@ -357,10 +350,6 @@ def _early(attempts: pd.DataFrame) -> pd.DataFrame:
 def _levels(params: Params, early: pd.DataFrame) -> list[int]:
     seen = set(early["concurrency"].dropna().astype(int)) if len(early) else set()
     return sorted(seen | {int(c) for c in params.concurrency_levels})
-
-
-def _percentile(values: pd.Series, q: float) -> float | None:
-    return round(float(values.quantile(q / 100)), 1) if len(values) else None
 
 
 def _round(value: float | None) -> float | None:

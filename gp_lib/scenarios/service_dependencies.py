@@ -58,7 +58,7 @@ from gp_lib.protocol import AGENT_COMPLETED, AGENT_STARTED, SERVICES
 from gp_lib.redact import redact
 from gp_lib.scenarios.common import (CommonParams, Observation, ParameterError, ScenarioResult, Target,
                                      bounded_gather, list_field, run_scenario)
-from gp_lib.trace import AttemptRecord
+from gp_lib.trace import AttemptRecord, connection_metrics, percentile
 
 NAME = "service_dependencies"
 HEADLINE = ("requests", "silent", "crashed", "graceful", "time_to_first_message_p50_ms")
@@ -484,11 +484,6 @@ def _completion_or_fallback(rows: pd.DataFrame) -> Check:
     return Check("completion_or_fallback_notice", missing.empty, evidence)
 
 
-def _percentile(values: pd.Series, q: float) -> float | None:
-    values = pd.to_numeric(values, errors="coerce").dropna()
-    return round(float(values.quantile(q)), 1) if len(values) else None
-
-
 def _metrics(attempts: pd.DataFrame, rows: pd.DataFrame, probes: pd.DataFrame | None) -> dict[str, Any]:
     outcomes = rows["request_outcome"].value_counts()
     metrics: dict[str, Any] = {"requests": len(rows), NOT_SENT: len(attempts) - len(rows)}
@@ -499,13 +494,9 @@ def _metrics(attempts: pd.DataFrame, rows: pd.DataFrame, probes: pd.DataFrame | 
         if len(rows) else 0
     for name, column in (("time_to_first_message", "first_message_ms"), ("time_to_last_message", "last_message_ms")):
         source = rows[column] if len(rows) else pd.Series(dtype=float)
-        metrics[f"{name}_p50_ms"] = _percentile(source, 0.5)
-        metrics[f"{name}_p95_ms"] = _percentile(source, 0.95)
-    opened = attempts["t_open_ms"] if len(attempts) else pd.Series(dtype=float)
-    metrics["ws_connecting_p50_ms"] = _percentile(opened, 0.5)
-    metrics["ws_connecting_p95_ms"] = _percentile(opened, 0.95)
-    metrics["ws_msgs_sent"] = int(attempts["frames_sent"].sum()) if len(attempts) else 0
-    metrics["ws_msgs_received"] = int(attempts["frames_received"].sum()) if len(attempts) else 0
+        metrics[f"{name}_p50_ms"] = percentile(source, 0.5)
+        metrics[f"{name}_p95_ms"] = percentile(source, 0.95)
+    metrics.update(connection_metrics(attempts))
     probes = probes if probes is not None else pd.DataFrame(columns=PROBE_COLUMNS)
     metrics["health_probes"] = len(probes)
     metrics["health_probes_answered"] = int(probes["status"].notna().sum()) if len(probes) else 0

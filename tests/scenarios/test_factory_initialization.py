@@ -97,7 +97,7 @@ def test_a_healthy_run_passes_every_check():
     assert checks["recovers_after_restart"].evidence.startswith("first readiness 137 ms after the restart")
     assert metrics["connections"] == 4 and metrics["ready"] == 4 and metrics["factory_closes"] == 0
     assert metrics["restart_time_to_ready_ms"] == 137.0 and metrics["restart_refused"] == 1
-    assert metrics["time_to_ready_p50_ms"] == 17.0
+    assert metrics["ready_p50_ms"] == 17.0
 
 
 def test_factory_closes_and_health_errors_fail_with_numbers():
@@ -186,7 +186,7 @@ def test_unanswered_health_checks_fail():
 def test_nothing_to_judge_fails_without_raising():
     checks, metrics = _evaluate([], _health(0))
     assert not any(c.passed for c in checks.values())
-    assert metrics["connections"] == 0 and metrics["time_to_ready_p50_ms"] is None
+    assert metrics["connections"] == 0 and metrics["ready_p50_ms"] is None
 
 
 def test_the_factory_rejects_every_invalid_configuration_of_the_test_plan():
