@@ -111,7 +111,7 @@ def sectioned(nb: nbformat.NotebookNode, context: ReportContext) -> nbformat.Not
             cells.append(nbformat.v4.new_markdown_cell(_gap(section, context)))
         if section == "reproduce":
             cells.append(nbformat.v4.new_markdown_cell(
-                f"The batch command for this scenario alone:\n\n```sh\n{context.command}\n```"))
+                f"The command that made this report:\n\n```sh\n{context.command}\n```"))
         grouped.cells.append(nbformat.v4.new_markdown_cell(f"## {SECTION_TITLES[section]}"))
         for cell in cells:
             cell.metadata["section"] = section
