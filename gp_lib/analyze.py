@@ -21,7 +21,6 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ import pandas as pd
 
 from gp_lib import diagnosis, events, har, report
 from gp_lib.checks import Check, none_check, ratio_check, verdict
-from gp_lib.notebook import checks_markdown, diagnosis_markdown, markdown_table
+from gp_lib.notebook import checks_markdown, diagnosis_markdown, markdown_table, package_version
 from gp_lib.protocol import INTERNAL_ERROR
 from gp_lib.trace import ATTEMPT_COLUMNS, connection_metrics, load_jsonl, save_jsonl
 
@@ -117,7 +116,7 @@ def load_trace(path: str | Path) -> Trace:
 def _is_har(text: str) -> bool:
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return isinstance(data, dict) and "log" in data
 
@@ -268,7 +267,7 @@ def report_notebook(analysis: Analysis, figure: str) -> nbformat.NotebookNode:
         {"item": "connection attempts", "value": len(trace.attempts)},
         {"item": "frames and marks", "value": len(trace.frames)},
         {"item": "problems in the file", "value": len(trace.problems)},
-        {"item": "golden-path-lab", "value": metadata.version("golden-path-lab")},
+        {"item": "golden-path-lab", "value": package_version("golden-path-lab")},
         {"item": "python", "value": platform.python_version()}])
     remediation = ("A capture alone cannot verify a fix. Capture the same user flow after the fix is deployed, "
                    "analyse it with `gp analyze`, and compare the two outputs: `gp compare OUT_BEFORE OUT_AFTER` "
@@ -305,7 +304,11 @@ def run(args: argparse.Namespace) -> int:
 
         out = REPORTS_DIR / f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{trace.path.stem}"
     command = shlex.join(["gp", "analyze", str(args.file), *(["--out", str(args.out)] if args.out else [])])
-    path = write(analysis, out, command)
+    try:
+        path = write(analysis, out, command)
+    except OSError as exc:  # exit 1 would say "a root cause was found"
+        print(f"gp analyze: cannot write {out}: {exc}", file=sys.stderr)
+        return 2
     for problem in trace.problems:
         print(f"gp analyze: warning: {problem}", file=sys.stderr)
     print(f"gp analyze: {analysis.verdict}: {path}")

@@ -8,8 +8,9 @@ every secret and token is registered with `gp_lib.redact` as it enters.
 from __future__ import annotations
 
 import base64
-import contextlib
 import binascii
+import contextlib
+import http.client
 import json
 import os
 import threading
@@ -24,7 +25,6 @@ from typing import Any, Iterable, Iterator
 import jwt
 
 from gp_lib.redact import register_secret
-
 
 
 @contextlib.contextmanager
@@ -131,7 +131,7 @@ def inspect_token(token: str, secret: str | None = None, *, now: float | None = 
     try:
         header = jwt.get_unverified_header(token)
         claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.DecodeError as exc:
+    except jwt.PyJWTError as exc:  # DecodeError, and the header checks PyJWT makes (kid, crit)
         return TokenReport({}, {}, [f"malformed token: {exc}"])
     problems: list[str] = []
     algorithm = header.get("alg")
@@ -289,6 +289,8 @@ class StagingTokenSource:
                 payload = json.loads(response.read().decode() or "{}")
         except urllib.error.HTTPError as exc:
             raise AuthError(_status_message(url, exc.code)) from None
+        except http.client.HTTPException as exc:
+            raise AuthError(f"auth service at {url} did not answer with HTTP ({type(exc).__name__})") from None
         except (TimeoutError, OSError, urllib.error.URLError) as exc:
             reason = getattr(exc, "reason", exc)
             if isinstance(reason, TimeoutError) or "timed out" in str(reason):
@@ -296,8 +298,10 @@ class StagingTokenSource:
             if isinstance(reason, ConnectionRefusedError):
                 raise AuthError(f"auth service at {url} refused the connection: is it running?") from None
             raise AuthError(f"auth service at {url} could not be reached: {reason}") from None
-        except ValueError:
+        except (ValueError, RecursionError):
             raise AuthError(f"auth service at {url} answered 200 with a body that is not JSON") from None
+        if not isinstance(payload, dict):
+            raise AuthError(f"auth service at {url} answered 200 with a body that is not a JSON object")
         token = payload.get("access_token")
         if not isinstance(token, str) or not token:
             raise AuthError(f"auth service at {url} answered 200 without an access_token")

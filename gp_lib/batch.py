@@ -14,17 +14,21 @@ codes: 0 every check passed, 1 a check failed, 2 the run could not be made.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import multiprocessing
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from gp_lib import diagnosis, report
 from gp_lib.params import Layered, resolve
@@ -99,7 +103,11 @@ def run(args: argparse.Namespace) -> int:
     except ParameterError as exc:
         print(f"gp report: error: {exc}", file=sys.stderr)
         return 2
-    summary = run_plan(plan)
+    try:
+        summary = run_plan(plan)
+    except Exception:  # exit 1 would say "an issue was found": this run could not be made
+        print(redact(f"gp report: error: the run could not be made:\n{traceback.format_exc()}"), file=sys.stderr)
+        return 2
     print(f"gp report: {summary['verdict']}: {plan.out / 'summary.json'}")
     return EXIT_CODES[summary["verdict"]]
 
@@ -126,12 +134,15 @@ def make_plan(args: argparse.Namespace, registry: Mapping[str, Entry] = REGISTRY
     """Validate the arguments and every scenario's parameters; choose OUT.
 
     Raises:
-        ParameterError: naming the unknown scenario, key or bad value, or a missing notebook.
+        ParameterError: naming the unknown scenario, key or bad value, a missing notebook, an --out
+            that is a file, or (live mode) the unset environment variable meant to hold the secret.
     """
     names = list(dict.fromkeys(args.scenario or DEFAULT_SCENARIOS))
     for option, value, least in (("--jobs", args.jobs, 1), ("--timeout", args.timeout, 1)):
-        if value < least:
+        if not value >= least:  # NaN too
             raise ParameterError(f"{option} must be at least {least}, got {value}")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ParameterError(f"--out {args.out}: exists and is not a directory")
     missing = [f"{name}: {notebooks_dir / registry[name].notebook}" for name in names
                if name in registry and not (notebooks_dir / registry[name].notebook).is_file()]
     if missing:
@@ -139,11 +150,26 @@ def make_plan(args: argparse.Namespace, registry: Mapping[str, Entry] = REGISTRY
     classes = {name: entry.params_class() for name, entry in registry.items()}
     parameters = resolve(classes, names, parameters_dir=PARAMETERS_DIR, params_file=args.params,
                          assignments=args.assign, target=args.target)
+    _check_secrets(parameters)
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out, latest = (Path(args.out), None) if args.out else (_fresh(REPORTS_DIR / run_id), REPORTS_DIR / "latest")
     return Plan(run_id=out.name if latest else run_id, out=out.resolve(), entries=[registry[n] for n in names],
                 parameters=parameters, commands={n: command_line(args, n) for n in names},
                 jobs=min(args.jobs, len(names)), timeout_s=args.timeout, notebooks_dir=notebooks_dir, latest=latest)
+
+
+def _check_secrets(parameters: Mapping[str, Layered]) -> None:
+    """In live mode the secret tokens come from must be in the environment: said once, before any
+    notebook starts, rather than by every notebook raising."""
+    for name, layered in parameters.items():
+        p = layered.params
+        if p.mode != "live":
+            continue
+        variable, holds = ((p.jwt_secret_env, "the JWT signing secret (parameter jwt_secret_env names it)")
+                           if p.env == "local" else
+                           (p.bypass_key_env, "the staging E2E bypass key (parameter bypass_key_env names it)"))
+        if not os.environ.get(variable):
+            raise ParameterError(f"{name}: environment variable {variable} is not set; it must hold {holds}")
 
 
 def _fresh(path: Path) -> Path:
@@ -190,6 +216,23 @@ class Outcome:
         return self.error or self.scraps.get("summary", {}).get("error")
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a CI job cancelled or timed out) stops the batch as Ctrl-C does: no further notebook starts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_plan(plan: Plan) -> dict[str, Any]:
     """Execute every notebook of the plan, render the reports; the summary written to OUT."""
     started_at = _now()
@@ -199,19 +242,24 @@ def run_plan(plan: Plan) -> dict[str, Any]:
     (plan.out / "notebooks").mkdir(parents=True, exist_ok=True)
     outcomes: dict[str, Outcome] = {}
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=plan.jobs, mp_context=context, max_tasks_per_child=1) as pool:
-        futures = {pool.submit(execute, _job(plan, entry)): entry for entry in plan.entries}
-        for future in as_completed(futures):
-            entry = futures[future]
-            try:
-                result = future.result()
-            except Exception as exc:  # the worker process itself died
-                result = {"error": f"{type(exc).__name__}: {exc}", "seconds": 0.0}
-            outcome = collect(plan, entry, result)
-            write_scenario_report(plan, outcome)
-            outcomes[entry.scenario] = outcome
-            print(f"gp: {entry.scenario}: finished: {outcome.verdict} in {outcome.seconds:.1f} s"
-                  + (f" ({_first_line(outcome.why)})" if outcome.why else ""), file=sys.stderr, flush=True)
+    with _sigterm_as_interrupt(), ProcessPoolExecutor(max_workers=plan.jobs, mp_context=context, max_tasks_per_child=1) as pool:
+        waiting, running = list(plan.entries), {}
+        while waiting or running:  # submitted only as workers free up: after Ctrl-C no notebook starts
+            while waiting and len(running) < plan.jobs:
+                entry = waiting.pop(0)
+                running[pool.submit(execute, _job(plan, entry))] = entry
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                entry = running.pop(future)
+                try:
+                    result = future.result()
+                except Exception as exc:  # the worker process itself died
+                    result = {"error": f"{type(exc).__name__}: {exc}", "seconds": 0.0}
+                outcome = collect(plan, entry, result)
+                write_scenario_report(plan, outcome)
+                outcomes[entry.scenario] = outcome
+                print(f"gp: {entry.scenario}: finished: {outcome.verdict} in {outcome.seconds:.1f} s"
+                      + (f" ({_first_line(outcome.why)})" if outcome.why else ""), file=sys.stderr, flush=True)
     ordered = [outcomes[e.scenario] for e in plan.entries]
     first = next(iter(plan.parameters.values())).params
     summary = {

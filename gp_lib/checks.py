@@ -40,7 +40,8 @@ def ratio_check(name: str, count: int, total: int, *, at_least: float, what: str
     """Pass when count/total reaches `at_least`; evidence like '17 of 20 attempts succeeded (85%; need >= 80%)'."""
     share = count / total if total else 0.0
     return Check(name, total > 0 and share >= at_least,
-                 f"{count} of {total} {what} ({share:.0%}; need >= {at_least:.0%})" if total else f"no {what}: nothing to judge")
+                 f"{count} of {total} {what} ({share:.0%}; need >= {at_least:.0%})" if total
+                 else f"0 of 0 {what}: nothing to judge")
 
 
 def none_check(name: str, bad: int, total: int, *, what: str) -> Check:

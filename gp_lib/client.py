@@ -24,7 +24,8 @@ from typing import Any, Callable
 from urllib.parse import urlparse
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.exceptions import (ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI, PayloadTooBig,
+                                   ProtocolError, TooManyFragments)
 
 from gp_lib import auth, protocol
 from gp_lib.redact import redact, register_secret
@@ -32,6 +33,8 @@ from gp_lib.trace import AttemptRecord, frame_row
 
 Predicate = Callable[[dict[str, Any]], bool]
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+#: Why the library fails a connection whose peer broke WebSocket framing (it then closes 1002, 1007 or 1009 itself).
+PEER_VIOLATIONS = (ProtocolError, PayloadTooBig, TooManyFragments, UnicodeDecodeError)
 
 
 def _proxy_setting(url: str) -> bool | None:
@@ -82,6 +85,7 @@ class TracedConnection:
         self._reader: asyncio.Task[None] | None = None
         self._deadline_missed: str | None = None
         self._auth_error_seen = False
+        self._peer_violation = False
 
     # -- state ----------------------------------------------------------------------
 
@@ -198,8 +202,8 @@ class TracedConnection:
         if self._reader is not None:
             try:
                 await asyncio.wait_for(self._reader, self.close_timeout_s + 1.0)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
-                self._reader.cancel()
+            except asyncio.TimeoutError:
+                pass  # wait_for cancelled the stuck reader; a cancellation of the caller propagates
         self._record_close()
 
     def finish(self) -> AttemptRecord:
@@ -207,13 +211,15 @@ class TracedConnection:
         record = self.record
         if record.outcome is not None:
             return record
-        if record.closed_by in ("server", "none"):
-            if record.close_code == protocol.INTERNAL_ERROR:
-                record.outcome = "closed_1011"
-            elif record.close_code == protocol.POLICY_VIOLATION and (self._auth_error_seen or not self.is_ready):
+        if record.close_code == protocol.INTERNAL_ERROR:  # the server's own frame said 1011, even if ours crossed it
+            record.outcome = "closed_1011"
+        elif record.closed_by in ("server", "none"):
+            if record.close_code == protocol.POLICY_VIOLATION and (self._auth_error_seen or not self.is_ready):
                 record.outcome = "auth_rejected"
             else:
                 record.outcome = "closed_other"
+        elif self._peer_violation:
+            record.outcome = "protocol_error"
         elif self._deadline_missed:
             record.outcome = self._deadline_missed
         else:
@@ -255,7 +261,7 @@ class TracedConnection:
                 t_ms = self.now_ms()
                 message = protocol.parse_frame(raw)
                 record.frames_received += 1
-                text = raw if isinstance(raw, str) else message.get("raw", "")
+                text = raw if isinstance(raw, str) else message.get("raw")  # valid JSON in binary: encoded anew
                 self._keep(frame_row(record.attempt_id, t_ms, "received", message, raw=text))
                 if message["type"] == protocol.INVALID_TYPE:
                     record.invalid_frames += 1
@@ -273,9 +279,12 @@ class TracedConnection:
                 if message["type"] == "heartbeat":
                     continue
                 self._inbox.put_nowait(message)
-        except ConnectionClosed:
-            pass
-        except Exception as exc:  # framing or protocol violation by the peer
+        except ConnectionClosed as exc:
+            if isinstance(exc.__cause__, PEER_VIOLATIONS):  # the peer broke framing; the library failed the connection
+                self._peer_violation = True
+                self._note_error(exc.__cause__)
+        except Exception as exc:  # anything else the library raises is evidence too
+            self._peer_violation = True
             self._note_error(exc)
         finally:
             self._record_close()

@@ -80,7 +80,6 @@ batch run, from the notebooks' scraps and trace files.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,7 +88,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from gp_lib import events, protocol
-from gp_lib.checks import Check
+from gp_lib.checks import ISSUE_REPRODUCED, Check
 from gp_lib.trace import FRAME_COLUMNS, UNREACHABLE_OUTCOMES, concat, load_jsonl
 
 RACE = "race_conditions"
@@ -152,36 +151,21 @@ class Finding:
 
 # -- entry points ------------------------------------------------------------------------------
 
-def evidence_arm(result: Any) -> str:
-    """The arm a diagnosis reads by default: the live one, or the faulty one in reference mode."""
-    return "live" if "live" in result.observations else "faulty"
-
-
 def diagnose(results: Sequence[Any], arm: str | None = None) -> list[Finding]:
     """Findings from one or more ScenarioResults, strongest first (see the module docstring).
 
     Args:
         results: scenario results, live or reference mode.
-        arm: the arm to read in reference mode ("faulty" or "fixed"); default: `evidence_arm`.
+        arm: the arm to read in reference mode ("faulty" or "fixed"); default: the live arm, else the faulty one.
     """
-    pooled: list[Any] = []
-    separate: list[list[Finding]] = []
+    arms = []
     for result in results:
-        chosen = arm if arm is not None and arm in result.observations else evidence_arm(result)
+        chosen = arm if arm in result.observations else "live" if "live" in result.observations else "faulty"
         observation = result.observations.get(chosen)
-        if observation is None:
-            continue
-        checks = {result.scenario: result.arm_checks.get(chosen, [])}
-        if chosen == "live":
-            pooled.append((observation, checks))
-        else:
-            separate.append(diagnose_tables(observation.attempts, observation.frames, checks))
-    if pooled:
-        attempts = concat(o.attempts for o, _ in pooled)
-        frames = concat(o.frames for o, _ in pooled)
-        checks = {name: found for _, c in pooled for name, found in c.items()}
-        separate.append(diagnose_tables(attempts, frames, checks))
-    return merge(separate)
+        if observation is not None:
+            arms.append((chosen, observation.attempts, observation.frames,
+                         {result.scenario: result.arm_checks.get(chosen, [])}))
+    return _diagnose_arms(arms)
 
 
 def diagnose_tables(attempts: pd.DataFrame, frames: pd.DataFrame | None = None,
@@ -220,7 +204,7 @@ def diagnose_tables(attempts: pd.DataFrame, frames: pd.DataFrame | None = None,
                                 f"{', '.join(failing)} follow from {top.root_cause}")
         return [j.finding() for j in found]
     for name in SCENARIOS:
-        if by_cause[name].confidence > 0 or name == top.root_cause:
+        if by_cause[name].confidence > 0:  # found, the top cause among them
             continue
         symptom = name in failing or (name == RACE and evidence.c1011.any())
         if symptom and by_cause[name].ruled_out:
@@ -233,15 +217,11 @@ def diagnose_tables(attempts: pd.DataFrame, frames: pd.DataFrame | None = None,
 def merge(finding_lists: Iterable[Sequence[Finding]]) -> list[Finding]:
     """One list from several diagnoses: per root cause the strongest confidence, evidence pooled."""
     merged: dict[str, Finding] = {}
-    for findings in finding_lists:
-        for finding in findings:
-            kept = merged.get(finding.root_cause)
-            if kept is None:
-                merged[finding.root_cause] = Finding(finding.root_cause, finding.confidence, list(finding.evidence))
-                continue
-            first, second = (finding, kept) if finding.confidence > kept.confidence else (kept, finding)
-            sentences = list(dict.fromkeys([*first.evidence, *second.evidence]))
-            merged[finding.root_cause] = Finding(finding.root_cause, first.confidence, sentences)
+    for finding in (finding for findings in finding_lists for finding in findings):
+        kept = merged.setdefault(finding.root_cause, Finding(finding.root_cause, finding.confidence))
+        first, second = (finding, kept) if finding.confidence > kept.confidence else (kept, finding)
+        merged[finding.root_cause] = Finding(finding.root_cause, first.confidence,
+                                             list(dict.fromkeys([*first.evidence, *second.evidence])))
     return sorted(merged.values(), key=_strongest_first)
 
 
@@ -250,33 +230,35 @@ def combine(runs: Mapping[str, Mapping[str, Any]], base_dir: str | Path | None =
 
     Reads each scenario's trace of its evidence arm (the `traces` scrap) and
     its checks (`arm_checks`), and diagnoses them as `diagnose` would. When a
-    trace file is missing, falls back to merging the notebooks' own
-    `diagnosis` scraps.
+    trace file is missing or cannot be read, falls back to that notebook's own
+    `diagnosis` scrap.
 
     Args:
         runs: scraps by scenario name (`mode`, `traces`, `arm_checks`, `diagnosis`).
         base_dir: where relative trace paths start (the notebooks' working directory).
     """
-    pooled: list[tuple[pd.DataFrame, pd.DataFrame, dict[str, list[Any]]]] = []
-    separate: list[list[Finding]] = []
+    arms, own_diagnoses = [], []
     for scenario, scraps in runs.items():
         arm = "live" if scraps.get("mode") == "live" else "faulty"
-        path = next((Path(p) for p in scraps.get("traces") or [] if str(p).endswith(f"-{arm}.jsonl")), None)
-        if path is not None and not path.is_absolute() and base_dir is not None:
-            path = Path(base_dir) / path
-        if path is None or not path.exists():
-            separate.append([Finding.from_dict(f) for f in scraps.get("diagnosis") or []])
+        paths = [Path(base_dir or ".", p) for p in scraps.get("traces") or [] if str(p).endswith(f"-{arm}.jsonl")]
+        try:
+            attempts, frames = load_jsonl(paths[0])
+        except (IndexError, OSError, ValueError):  # no trace, or one cut short when its kernel died
+            own_diagnoses.append([Finding.from_dict(f) for f in scraps.get("diagnosis") or []])
             continue
-        attempts, frames = load_jsonl(path)
-        checks = {scenario: list((scraps.get("arm_checks") or {}).get(arm, []))}
-        if arm == "live":
-            pooled.append((attempts, frames, checks))
-        else:
-            separate.append(diagnose_tables(attempts, frames, checks))
-    if pooled:
-        separate.append(diagnose_tables(concat(a for a, _, _ in pooled), concat(f for _, f, _ in pooled),
-                                        {k: v for _, _, c in pooled for k, v in c.items()}))
-    return [f.to_dict() for f in merge(separate)]
+        arms.append((arm, attempts, frames, {scenario: list((scraps.get("arm_checks") or {}).get(arm, []))}))
+    return [f.to_dict() for f in merge([_diagnose_arms(arms), *own_diagnoses])]
+
+
+def _diagnose_arms(arms: Sequence[tuple[str, pd.DataFrame, pd.DataFrame, Mapping[str, Any]]]) -> list[Finding]:
+    """`(arm, attempts, frames, checks)` diagnosed: live arms pooled (they probed one target), every
+    other arm alone (its own reference server, see the module docstring), then merged."""
+    live = [entry for entry in arms if entry[0] == "live"]
+    found = [diagnose_tables(attempts, frames, checks) for name, attempts, frames, checks in arms if name != "live"]
+    if live:
+        found.append(diagnose_tables(concat(a for _, a, _, _ in live), concat(f for _, _, f, _ in live),
+                                     {k: v for *_, checks in live for k, v in checks.items()}))
+    return merge(found)
 
 
 def findings_table(findings: Sequence[Finding]) -> pd.DataFrame:
@@ -303,6 +285,11 @@ class _Judgement:
     evidence: list[str] = field(default_factory=list)
     ruled_out: str = ""
 
+    def add(self, weight: float, sentence: str) -> None:
+        """One more independent piece of evidence: confidences combine as a noisy-OR."""
+        self.confidence = 1.0 - (1.0 - self.confidence) * (1.0 - weight)
+        self.evidence.append(sentence)
+
     def finding(self) -> Finding:
         return Finding(self.root_cause, round(min(self.confidence, MAX_CONFIDENCE), 3), list(self.evidence))
 
@@ -319,6 +306,16 @@ class _Evidence:
     @property
     def c1011(self) -> pd.Series:
         return self.attempts["close_code"] == protocol.INTERNAL_ERROR
+
+    @property
+    def own_runs(self) -> pd.DataFrame:
+        """Runs of the socket's own user (another user's runs seen on a socket left out)."""
+        return self.runs[~self.runs["foreign"].astype(bool)]
+
+    @property
+    def leaked(self) -> int:
+        """Events that carried another user's user_id."""
+        return int(self.runs["foreign_events"].sum())
 
 
 def _prepare(attempts: pd.DataFrame, frames: pd.DataFrame | None) -> _Evidence:
@@ -337,8 +334,6 @@ def _prepare(attempts: pd.DataFrame, frames: pd.DataFrame | None) -> _Evidence:
         a["concurrency"] = pd.to_numeric(attempts["concurrency"], errors="coerce")
     a["connected"] = a["t_open_ms"].notna() | (a["handshake_status"] == 101)
     a["ready"] = a["t_ready_ms"].notna()
-    a["early"] = a["connected"] & a["t_first_send_ms"].notna() & (
-        a["t_ready_ms"].isna() | (a["t_first_send_ms"] < a["t_ready_ms"]))
     a["cut"] = a["closed_by"].isin(["server", "none"]) | (
         a["closed_by"].isna() & a["close_code"].notna() & (a["close_code"] != 1000))
     a["reason_class"] = a["close_reason"].map(_reason_class)
@@ -350,7 +345,7 @@ def _prepare(attempts: pd.DataFrame, frames: pd.DataFrame | None) -> _Evidence:
     frames["t_ms"] = pd.to_numeric(frames["t_ms"], errors="coerce")
     received = frames[frames["direction"] == "received"].copy()
     received["message"] = [events.message_of(row) for row in received.to_dict(orient="records")]
-    a["text"] = _attempt_texts(a, received)
+    a["said"], a["text"] = _attempt_texts(a, received)
     policy = a["close_code"] == protocol.POLICY_VIOLATION
     said_auth = a["text"].map(lambda text: any(word in text for word in AUTH_WORDS))
     # the client counts any 1008 before readiness as auth_rejected; a 1008 that names a limit is not auth
@@ -360,7 +355,9 @@ def _prepare(attempts: pd.DataFrame, frames: pd.DataFrame | None) -> _Evidence:
     a["offer_refused"] = (a["close_code"] == SUBPROTOCOL_REFUSED) | (
         offered & status.between(400, 499) & ~status.isin([401, 403, 404]))
     a["admitted"] = a["connected"] & ~a["rejected"]
-    a["early"] &= a["admitted"]
+    a["early"] = a["admitted"] & a["t_first_send_ms"].notna() & (
+        a["t_ready_ms"].isna() | (a["t_first_send_ms"] < a["t_ready_ms"]))
+    # only the sockets that saw a run event: run_table walks socket by socket, ten times slower on a race storm
     with_runs = set(received.loc[received["type"].isin(protocol.RUN_EVENT_TYPES), "attempt_id"])
     runs = events.run_table(frames[frames["attempt_id"].isin(with_runs)], a[["attempt_id", "user_id"]])
     return _Evidence(a, frames, runs, received)
@@ -377,6 +374,19 @@ def _by_id(attempts: pd.DataFrame) -> pd.DataFrame:
     return attempts.drop_duplicates("attempt_id").set_index("attempt_id")
 
 
+def _server_closes(a: pd.DataFrame, cause: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the closes the server made, those whose reason names `cause`)."""
+    closes = a[a["cut"] & a["close_code"].notna()]
+    return closes, closes[closes["reason_class"] == cause]
+
+
+def _contrast(a: pd.DataFrame, hit: pd.Series) -> tuple[int, int, int, int]:
+    """`hit` among attempts that sent before readiness and among admitted ones that did not:
+    (hits, attempts) of each."""
+    early, waited = a["early"], a["admitted"] & ~a["early"]
+    return int((hit & early).sum()), int(early.sum()), int((hit & waited).sum()), int(waited.sum())
+
+
 def _reason_class(reason: Any) -> str | None:
     text = reason.lower() if isinstance(reason, str) else ""
     if any(word in text for word in FACTORY_WORDS):
@@ -388,16 +398,11 @@ def _reason_class(reason: Any) -> str | None:
 
 def _failing_checks(checks: Mapping[str, Iterable[Check | Mapping[str, Any]]]) -> dict[str, list[str]]:
     """`{scenario: [names of failed checks]}`, the issue_reproduced summary left out."""
-    failing: dict[str, list[str]] = {}
-    for scenario, found in checks.items():
-        names = []
-        for check in found:
-            name, passed = (check.name, check.passed) if isinstance(check, Check) else (check["name"], check["passed"])
-            if not passed and name != "issue_reproduced":
-                names.append(name)
-        if names:
-            failing[scenario] = names
-    return failing
+    as_dicts = {scenario: [c.to_dict() if isinstance(c, Check) else c for c in found]
+                for scenario, found in checks.items()}
+    failing = {scenario: [c["name"] for c in found if not c["passed"] and c["name"] != ISSUE_REPRODUCED]
+               for scenario, found in as_dicts.items()}
+    return {scenario: names for scenario, names in failing.items() if names}
 
 
 def _check_sentences(failing: Mapping[str, list[str]]) -> list[str]:
@@ -409,8 +414,7 @@ def _check_sentences(failing: Mapping[str, list[str]]) -> list[str]:
 def _unreachable(ev: _Evidence) -> _Judgement:
     a = ev.attempts
     judgement = _Judgement(UNREACHABLE)
-    statuses = a["handshake_status"]
-    failed = a[a["outcome"].isin(UNREACHABLE_OUTCOMES) & ~statuses.isin([401, 403]) & ~a["offer_refused"]]
+    failed = a[a["outcome"].isin(UNREACHABLE_OUTCOMES) & ~a["handshake_status"].isin([401, 403]) & ~a["offer_refused"]]
     share = _share(len(failed), len(a))
     if not len(failed) or share < 0.5:
         return judgement
@@ -446,7 +450,7 @@ def _authentication(ev: _Evidence) -> _Judgement:
         for kind, n in kinds.value_counts().items():
             if stripped and kind == NO_TOKEN:
                 continue
-            quote = _quote(_said(a, ev, kinds[kinds == kind].index[0]))
+            quote = _quote(a.at[kinds[kinds == kind].index[0], "said"])
             judgement.evidence.append(f"{kind}: {n} of {int(rejected.sum())} rejections"
                                       + (f"; the server said {quote}" if quote else ""))
     if refused_offer.any():
@@ -475,26 +479,19 @@ def _stripped_header(a: pd.DataFrame, rejected: pd.Series, kinds: pd.Series) -> 
             + contrast)
 
 
-def _attempt_texts(a: pd.DataFrame, received: pd.DataFrame) -> pd.Series:
-    """Per attempt, lower-cased: close reason, HTTP error, and the text of error frames received."""
-    errors: dict[str, list[str]] = {}
+def _attempt_texts(a: pd.DataFrame, received: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """Per attempt: what the server said (the first error frame's text, else the HTTP error or close
+    reason), and all it said, lower-cased (close reason, HTTP error, error frames' codes and texts)."""
+    errors: dict[str, list[dict[str, Any]]] = {}
     for attempt_id, message in zip(received["attempt_id"], received["message"]):
         if protocol.is_error(message):
-            errors.setdefault(attempt_id, []).append(f"{protocol.error_code(message) or ''} "
-                                                     f"{protocol.message_text(message)}")
-    return pd.Series([" ".join(str(p) for p in (reason, error, *errors.get(attempt_id, [])) if p).lower()
-                      for attempt_id, reason, error in zip(a["attempt_id"], a["close_reason"], a["error"])],
-                     index=a.index, dtype="object")
-
-
-def _said(a: pd.DataFrame, ev: _Evidence, index: Any) -> str:
-    """What the server said to one attempt: an error frame's text, else the HTTP error or close reason."""
-    attempt_id = a.at[index, "attempt_id"]
-    own = ev.received[ev.received["attempt_id"] == attempt_id]
-    for message in own["message"]:
-        if protocol.is_error(message) and protocol.message_text(message):
-            return protocol.message_text(message)
-    return a.at[index, "error"] or a.at[index, "close_reason"] or ""
+            errors.setdefault(attempt_id, []).append(message)
+    said, texts = [], []
+    for attempt_id, reason, error in zip(a["attempt_id"], a["close_reason"], a["error"]):
+        frames = [(protocol.error_code(m) or "", protocol.message_text(m)) for m in errors.get(attempt_id, [])]
+        said.append(next((text for _, text in frames if text), error or reason or ""))
+        texts.append(" ".join(str(p) for p in (reason, error, *(f"{c} {t}" for c, t in frames)) if p).lower())
+    return said, texts
 
 
 def _auth_kind(text: str) -> str:
@@ -507,44 +504,43 @@ def _auth_kind(text: str) -> str:
 def _race(ev: _Evidence) -> _Judgement:
     a = ev.attempts
     judgement = _Judgement(RACE)
-    early, waited = a[a["early"]], a[a["admitted"] & ~a["early"]]
-    before = (a["close_code"] == protocol.INTERNAL_ERROR) & ~a["ready"]
+    before = ev.c1011 & ~a["ready"]
     hit = before & a["reason_class"].isna()          # a reason naming the factory or a service is not the race
-    hits_e, hits_w = int(hit[early.index].sum()), int(hit[waited.index].sum())
-    rate_e, rate_w = _share(hits_e, len(early)), _share(hits_w, len(waited))
+    hits_e, early, hits_w, waited = _contrast(a, hit)
+    rate_e, rate_w = _share(hits_e, early), _share(hits_w, waited)
     if hits_e and rate_w <= rate_e / 3:
         relative = 1 - rate_w / rate_e
-        judgement.confidence = (0.55 + 0.4 * relative * _upto(hits_e) if len(waited)
-                                else 0.4 + 0.2 * _upto(hits_e))
-        missing = "" if len(waited) else " (no attempt waited for readiness: the contrast is missing)"
-        judgement.evidence.append(f"1011 before readiness in {hits_e} of {len(early)} attempts that sent before the "
-                                  f"readiness marker, {hits_w} of {len(waited)} that did not{missing}")
-        judgement.evidence += _race_details(a, early, hit)
+        judgement.confidence = 0.55 + 0.4 * relative * _upto(hits_e) if waited else 0.4 + 0.2 * _upto(hits_e)
+        missing = "" if waited else " (no attempt waited for readiness: the contrast is missing)"
+        judgement.evidence.append(f"1011 before readiness in {hits_e} of {early} attempts that sent before the "
+                                  f"readiness marker, {hits_w} of {waited} that did not{missing}")
+        judgement.evidence += _race_details(a, hit)
         return judgement
-    all_e, all_w = int(before[early.index].sum()), int(before[waited.index].sum())
+    all_e, _, all_w, _ = _contrast(a, before)
     total_1011 = int(ev.c1011.sum())
-    if not len(early):
+    if not early:
         judgement.ruled_out = "race ruled out: no attempt sent before the readiness marker"
     elif not total_1011:
-        judgement.ruled_out = f"race ruled out: no 1011 closes, though {len(early)} attempts sent before readiness"
+        judgement.ruled_out = f"race ruled out: no 1011 closes, though {early} attempts sent before readiness"
     elif not all_e and not all_w:
         judgement.ruled_out = (f"race ruled out: all {total_1011} 1011 closes came after the readiness marker, "
                                "outside the handshake window")
     elif all_w:
-        how = "as often" if _share(all_w, len(waited)) <= _share(all_e, len(early)) * 1.5 else "more often"
-        judgement.ruled_out = (f"race ruled out: 1011 {how} after waiting for readiness ({all_w} of {len(waited)}) "
+        how = "as often" if _share(all_w, waited) <= _share(all_e, early) * 1.5 else "more often"
+        judgement.ruled_out = (f"race ruled out: 1011 {how} after waiting for readiness ({all_w} of {waited}) "
                                f"{'as' if how == 'as often' else 'than'} when sending before it "
-                               f"({all_e} of {len(early)})")
+                               f"({all_e} of {early})")
     else:
         judgement.ruled_out = (f"race ruled out: the {all_e} 1011 closes before readiness gave reasons naming "
                                "the factory or a service, not the handshake")
     return judgement
 
 
-def _race_details(a: pd.DataFrame, early: pd.DataFrame, hit: pd.Series) -> list[str]:
+def _race_details(a: pd.DataFrame, hit: pd.Series) -> list[str]:
     """When the failing early sends went out, and how the 1011 rate grows with concurrency."""
     details = []
-    failing = early[hit[early.index]]
+    early = a[a["early"]]
+    failing = a[a["early"] & hit]
     delay = (failing["t_first_send_ms"] - failing["t_open_ms"]).dropna()
     ready = a.loc[a["ready"], "t_ready_ms"] - a.loc[a["ready"], "t_open_ms"]
     if len(delay):
@@ -554,94 +550,71 @@ def _race_details(a: pd.DataFrame, early: pd.DataFrame, hit: pd.Series) -> list[
         by_level = early.assign(hit=hit[early.index]).groupby("concurrency")["hit"].agg(["sum", "size"])
         details.append("1011 before readiness among early senders by concurrent connects: " + ", ".join(
             f"{int(row['sum'])} of {int(row['size'])} at {level:g}" for level, row in by_level.iterrows()))
-    reasons = failing["close_reason"].fillna("").value_counts()
-    if len(reasons):
-        details.append("close reasons: " + ", ".join(f"{_quote(r) or 'empty'} x{n}"
-                                                     for r, n in reasons.head(3).items()))
+    if len(failing):
+        details.append("close reasons: " + _reasons(failing["close_reason"]))
     return details
 
 
 def _factory(ev: _Evidence) -> _Judgement:
     a = ev.attempts
     judgement = _Judgement(FACTORY)
-    server_closes = a[a["cut"] & a["close_code"].notna()]
-    named = server_closes[server_closes["reason_class"] == FACTORY]
-    early, waited = a[a["early"]], a[a["admitted"] & ~a["early"]]
-    hit = (a["close_code"] == protocol.INTERNAL_ERROR) & ~a["ready"] & (a["reason_class"] != DEPENDENCIES)
-    hits_e, hits_w = int(hit[early.index].sum()), int(hit[waited.index].sum())
-    rate_e, rate_w = _share(hits_e, len(early)), _share(hits_w, len(waited))
+    server_closes, named = _server_closes(a, FACTORY)
+    hit = ev.c1011 & ~a["ready"] & (a["reason_class"] != DEPENDENCIES)
+    hits_e, early, hits_w, waited = _contrast(a, hit)
+    rate_e, rate_w = _share(hits_e, early), _share(hits_w, waited)
     statuses = [protocol.field(m, "factory_status") for m in ev.received["message"] if m.get("type") == "system_status"]
     status_errors = [m for m in ev.received["message"]
                      if m.get("type") == "system_status" and protocol.field(m, "factory_status") == "error"]
-    items = []
     if len(named):
-        c1011 = int(ev.c1011.sum())
-        reasons = named["close_reason"].value_counts()
-        items.append(0.6 + 0.35 * _share(len(named), max(c1011, len(named))))
-        judgement.evidence.append(
-            f"{len(named)} of {len(server_closes)} server closes named the factory or initialization, "
-            f"{int((~named['ready']).sum())} of them before readiness ("
-            + ", ".join(f"{_quote(r)} x{n}" for r, n in reasons.head(3).items()) + ")")
-    timing_independent = hits_w > 0 and rate_w * 3 >= rate_e
-    if timing_independent:
-        items.append(0.3 + 0.4 * rate_w)
-        judgement.evidence.append(f"independent of send timing: 1011 before readiness in {hits_w} of {len(waited)} "
-                                  f"attempts that did not send before the readiness marker, {hits_e} of "
-                                  f"{len(early)} that did")
+        judgement.add(0.6 + 0.35 * _share(len(named), max(int(ev.c1011.sum()), len(named))),
+                      f"{len(named)} of {len(server_closes)} server closes named the factory or initialization, "
+                      f"{int((~named['ready']).sum())} of them before readiness ({_reasons(named['close_reason'])})")
+    if hits_w and rate_w * 3 >= rate_e:
+        judgement.add(0.3 + 0.4 * rate_w, f"independent of send timing: 1011 before readiness in {hits_w} of "
+                      f"{waited} attempts that did not send before the readiness marker, {hits_e} of {early} that did")
     if status_errors:
-        items.append(0.5 + 0.4 * _share(len(status_errors), len(statuses)))
         errors = protocol.field(status_errors[0], "errors")
         first = errors[0] if isinstance(errors, list) and errors else ""
-        judgement.evidence.append(f"system_status said factory_status 'error' in {len(status_errors)} of "
-                                  f"{len(statuses)} answers to system_health_check"
-                                  + (f": {_quote(first)}" if first else ""))
-    if items:
-        judgement.confidence = _noisy_or(items)
+        judgement.add(0.5 + 0.4 * _share(len(status_errors), len(statuses)),
+                      f"system_status said factory_status 'error' in {len(status_errors)} of {len(statuses)} "
+                      "answers to system_health_check" + (f": {_quote(first)}" if first else ""))
+    if judgement.confidence:
         return judgement
     status_ok = sum(1 for s in statuses if s == "ok")
     judgement.ruled_out = (f"factory_initialization ruled out: no close named the factory or initialization, "
-                           f"{hits_w} of {len(waited)} attempts that did not send before readiness were closed 1011 "
+                           f"{hits_w} of {waited} attempts that did not send before readiness were closed 1011 "
                            f"before it" + (f", {status_ok} of {len(statuses)} system_status answers said "
                                            f"factory_status 'ok'" if statuses else ""))
     return judgement
 
 
 def _dependencies(ev: _Evidence) -> _Judgement:
-    a = ev.attempts
     judgement = _Judgement(DEPENDENCIES)
-    server_closes = a[a["cut"] & a["close_code"].notna()]
-    named = server_closes[server_closes["reason_class"] == DEPENDENCIES]
+    server_closes, named = _server_closes(ev.attempts, DEPENDENCIES)
     requests = _requests(ev)
     silent = requests[requests["silent"]]
-    runs = ev.runs
-    own = runs[~runs["foreign"].astype(bool)] if len(runs) else runs
+    own = ev.own_runs
     stalled = _stalled(ev, own)
-    leaks = int(pd.to_numeric(runs["foreign_events"], errors="coerce").fillna(0).sum()) if len(runs) else 0
+    leaks = ev.leaked
     unfriendly, graceful = _service_errors(ev)
-    items = []
     if len(named):
-        reasons = named["close_reason"].value_counts()
-        items.append(0.75 + 0.2 * _upto(len(named)))
-        judgement.evidence.append(f"{len(named)} of {len(server_closes)} server closes said a service was not ready ("
-                                  + ", ".join(f"{int(c)} {_quote(r)} x{n}" for (r, c), n in named.groupby(
-                                      ["close_reason", "close_code"]).size().sort_values(ascending=False)
-                                      .head(3).items()) + ")")
+        by_reason = named.groupby(["close_reason", "close_code"]).size().sort_values(ascending=False).head(3)
+        judgement.add(0.75 + 0.2 * _upto(len(named)),
+                      f"{len(named)} of {len(server_closes)} server closes said a service was not ready ("
+                      + ", ".join(f"{int(c)} {_quote(r)} x{n}" for (r, c), n in by_reason.items()) + ")")
     if len(silent):
-        items.append(0.6 + 0.35 * _weight(len(silent), len(requests)))
         flagged = int(silent["flagged"].sum())
-        judgement.evidence.append(f"silence: {len(silent)} of {len(requests)} agent requests got no answer at all"
-                                  + (f" ({flagged} sent with simulate_agent_unavailable or require_llm)"
-                                     if flagged else ""))
+        judgement.add(0.6 + 0.35 * _weight(len(silent), len(requests)),
+                      f"silence: {len(silent)} of {len(requests)} agent requests got no answer at all"
+                      + (f" ({flagged} sent with simulate_agent_unavailable or require_llm)" if flagged else ""))
     if len(stalled) and not leaks:
-        items.append(0.6 + 0.35 * _weight(len(stalled), len(own)))
-        judgement.evidence.append(f"agent_started then nothing in {len(stalled)} of {len(own)} runs "
-                                  "(no agent_completed or agent_error; no event reached another user either)")
+        judgement.add(0.6 + 0.35 * _weight(len(stalled), len(own)),
+                      f"agent_started then nothing in {len(stalled)} of {len(own)} runs "
+                      "(no agent_completed or agent_error; no event reached another user either)")
     if unfriendly:
-        items.append(0.5 + 0.3 * _upto(len(unfriendly)))
-        judgement.evidence.append(f"{len(unfriendly)} error frames named an unavailable service without a "
-                                  f"user-facing message: {_quote(unfriendly[0])}")
-    if items:
-        judgement.confidence = _noisy_or(items)
+        judgement.add(0.5 + 0.3 * _upto(len(unfriendly)), f"{len(unfriendly)} error frames named an unavailable "
+                      f"service without a user-facing message: {_quote(unfriendly[0])}")
+    if judgement.confidence:
         return judgement
     if len(stalled) and leaks:
         judgement.ruled_out = (f"service_dependencies ruled out: the {len(stalled)} runs that stopped after "
@@ -651,7 +624,7 @@ def _dependencies(ev: _Evidence) -> _Judgement:
         answered = int(requests["answered"].sum())
         judgement.ruled_out = (f"service_dependencies ruled out: none of {len(requests)} agent requests met silence "
                                f"({answered} answered) and no close or error said a service was not ready"
-                               + (f" ({len(graceful)} graceful 'temporarily unavailable' answers: the correct "
+                               + (f" ({graceful} graceful 'temporarily unavailable' answers: the correct "
                                   "behaviour)" if graceful else ""))
     return judgement
 
@@ -664,7 +637,7 @@ def _requests(ev: _Evidence) -> pd.DataFrame:
     if not len(sent):
         return pd.DataFrame(columns=columns)
     first = sent.groupby("attempt_id")["t_ms"].min()
-    flagged = sent.groupby("attempt_id")["payload"].agg(lambda payloads: any(_flagged(p) for p in payloads))
+    flagged = sent.groupby("attempt_id")["payload"].agg(lambda payloads: any(map(_flagged, payloads)))
     answers = ev.received.loc[ev.received["type"] != "heartbeat", ["attempt_id", "t_ms"]]
     answers = answers.merge(first.rename("t_request"), left_on="attempt_id", right_index=True)
     answered_ids = set(answers.loc[answers["t_ms"] > answers["t_request"], "attempt_id"])
@@ -672,50 +645,43 @@ def _requests(ev: _Evidence) -> pd.DataFrame:
     rows = []
     for attempt_id, t_request in first.items():
         answered = attempt_id in answered_ids
-        row = a.loc[attempt_id]
-        listened = (row["t_close_ms"] - t_request) if pd.notna(row["t_close_ms"]) else 0.0
-        waited = row["outcome"] == "receive_timeout" or listened >= SILENCE_MS
         rows.append({"attempt_id": attempt_id, "t_request_ms": t_request, "flagged": bool(flagged[attempt_id]),
-                     "answered": answered, "silent": not answered and not row["cut"] and bool(waited)})
+                     "answered": answered, "silent": not answered and _kept_listening(a.loc[attempt_id], t_request)})
     return pd.DataFrame(rows, columns=columns)
 
 
 def _flagged(payload: Any) -> bool:
-    try:
-        message = json.loads(payload)
-    except (TypeError, ValueError):
-        return False
-    return isinstance(message, dict) and any(protocol.field(message, name) is True
-                                             for name in ("simulate_agent_unavailable", "require_llm"))
+    message = events.message_of({"payload": payload})
+    return any(protocol.field(message, name) is True for name in ("simulate_agent_unavailable", "require_llm"))
 
 
 def _stalled(ev: _Evidence, own: pd.DataFrame) -> pd.DataFrame:
     """Own runs that never ended although the socket stayed open and the client kept listening."""
-    if not len(own):
-        return own
-    a = _by_id(ev.attempts)
     unfinished = own[own["ending"] == "unfinished"]
-    keep = []
-    for attempt_id, t_last in zip(unfinished["attempt_id"], unfinished["t_last_ms"]):
-        row = a.loc[attempt_id]
-        listened = (row["t_close_ms"] - t_last) if pd.notna(row["t_close_ms"]) else 0.0
-        keep.append(not row["cut"] and (row["outcome"] == "receive_timeout" or listened >= SILENCE_MS))
-    return unfinished[keep]
+    a = _by_id(ev.attempts)
+    return unfinished[[_kept_listening(a.loc[attempt_id], t_last)
+                       for attempt_id, t_last in zip(unfinished["attempt_id"], unfinished["t_last_ms"])]]
 
 
-def _service_errors(ev: _Evidence) -> tuple[list[str], list[str]]:
-    """(texts of error frames naming an unavailable service without a user-facing message, graceful ones)."""
-    unfriendly, graceful = [], []
+def _kept_listening(attempt: pd.Series, since_ms: float) -> bool:
+    """The server kept the socket open and the client waited from `since_ms`: to its deadline, or SILENCE_MS."""
+    listened = attempt["t_close_ms"] - since_ms if pd.notna(attempt["t_close_ms"]) else 0.0
+    return not attempt["cut"] and (attempt["outcome"] == "receive_timeout" or listened >= SILENCE_MS)
+
+
+def _service_errors(ev: _Evidence) -> tuple[list[str], int]:
+    """(texts of error frames naming an unavailable service without a user-facing message,
+    how many answers were graceful: such errors that said so, and runs a fallback completed)."""
+    unfriendly, graceful = [], int((ev.runs["ending"] == "fallback").sum())
     for message in ev.received["message"]:
         if not protocol.is_error(message) or protocol.is_auth_failure(message):
             continue
         code = protocol.error_code(message) or ""
         text = protocol.message_text(message) or code
         if protocol.is_graceful_text(text):
-            graceful.append(text)
+            graceful += 1
         elif "SERVICE" in code.upper() or any(word in text.lower() for word in DEPENDENCY_WORDS):
             unfriendly.append(text)
-    graceful += [protocol.message_text(m) for m in ev.received["message"] if protocol.is_fallback_completion(m)]
     return unfriendly, graceful
 
 
@@ -725,38 +691,32 @@ def _events(ev: _Evidence) -> _Judgement:
     if not len(runs):
         judgement.ruled_out = "missing_events ruled out: no agent run was observed, so none could lack events"
         return judgement
-    foreign_events = pd.to_numeric(runs["foreign_events"], errors="coerce").fillna(0)
-    leaking = runs[runs["foreign"].astype(bool) | (foreign_events > 0)]
-    own = runs[~runs["foreign"].astype(bool)]
+    leaking = runs[runs["foreign"].astype(bool) | (runs["foreign_events"] > 0)]
+    own = ev.own_runs
     finished = own[own["ending"] == "completed"]
     lacking = finished[finished["missing"].fillna("") != ""]
     misordered = finished[~finished["in_order"].astype(bool)]
     unpaired = finished[~finished["tools_closed"].astype(bool)]
-    items = []
     if len(leaking):
-        leaked = int(foreign_events.sum())
-        receivers = leaking["socket_user"].nunique()
         owners = sorted({str(o) for o in leaking["owner"].dropna()} - set(leaking["socket_user"].dropna()))
-        items.append(0.85 + 0.1 * _upto(leaked))
-        judgement.evidence.append(f"cross-user delivery: {leaked} events of other users' runs reached "
-                                  f"{receivers} users' sockets"
-                                  + (f" (runs of {', '.join(owners[:3])})" if owners else "") + ": a security defect")
+        judgement.add(0.85 + 0.1 * _upto(ev.leaked), f"cross-user delivery: {ev.leaked} events of other users' runs "
+                      f"reached {leaking['socket_user'].nunique()} users' sockets"
+                      + (f" (runs of {', '.join(owners[:3])})" if owners else "") + ": a security defect")
     if len(lacking):
         missing = Counter(name for names in lacking["missing"] for name in names.split(", ") if name)
-        items.append(0.6 + 0.35 * _weight(len(lacking), len(finished)))
-        judgement.evidence.append(f"{len(lacking)} of {len(finished)} finished runs lacked events ("
-                                  + ", ".join(f"{name} missing in {n}" for name, n in missing.most_common()) + ")")
+        judgement.add(0.6 + 0.35 * _weight(len(lacking), len(finished)),
+                      f"{len(lacking)} of {len(finished)} finished runs lacked events ("
+                      + ", ".join(f"{name} missing in {n}" for name, n in missing.most_common()) + ")")
     if len(misordered):
-        items.append(0.6 + 0.35 * _weight(len(misordered), len(finished)))
         first = str(misordered["problems"].iloc[0]).split("; ")[0]
-        judgement.evidence.append(f"{len(misordered)} of {len(finished)} finished runs had their events out of "
-                                  f"order (e.g. {first})")
+        judgement.add(0.6 + 0.35 * _weight(len(misordered), len(finished)),
+                      f"{len(misordered)} of {len(finished)} finished runs had their events out of order "
+                      f"(e.g. {first})")
     if len(unpaired) and not len(misordered):
-        items.append(0.5 + 0.3 * _weight(len(unpaired), len(finished)))
-        judgement.evidence.append(f"{len(unpaired)} of {len(finished)} finished runs left a tool_executing "
-                                  "without its tool_completed")
-    if items:
-        judgement.confidence = _noisy_or(items)
+        judgement.add(0.5 + 0.3 * _weight(len(unpaired), len(finished)),
+                      f"{len(unpaired)} of {len(finished)} finished runs left a tool_executing without its "
+                      "tool_completed")
+    if judgement.confidence:
         return judgement
     judgement.ruled_out = (f"missing_events ruled out: {len(finished)} of {len(finished)} finished runs carried all "
                            "five events in order, and no event reached another user's socket"
@@ -771,10 +731,8 @@ def _unknown(ev: _Evidence, failing: Mapping[str, list[str]]) -> _Judgement:
     judgement = _Judgement(UNKNOWN)
     c1011 = a[ev.c1011]
     if len(c1011):
-        reasons = c1011["close_reason"].fillna("").value_counts()
-        judgement.evidence.append(f"{len(c1011)} of {len(a)} attempts closed 1011 without a recognised signature ("
-                                  + ", ".join(f"{_quote(r) or 'empty reason'} x{n}" for r, n in reasons.head(3).items())
-                                  + f"; {int(c1011['ready'].sum())} after readiness)")
+        judgement.evidence.append(f"{len(c1011)} of {len(a)} attempts closed 1011 without a recognised signature "
+                                  f"({_reasons(c1011['close_reason'])}; {int(c1011['ready'].sum())} after readiness)")
     abnormal = a[a["cut"] & ~ev.c1011 & (a["close_code"] != 1000)]
     if len(abnormal):
         codes = abnormal["close_code"].value_counts()
@@ -810,12 +768,10 @@ def _weight(count: int, total: int) -> float:
     return max(_share(count, total), _upto(count, 3))
 
 
-def _noisy_or(items: Sequence[float]) -> float:
-    """The confidence of independent evidence items together."""
-    doubt = 1.0
-    for item in items:
-        doubt *= 1.0 - item
-    return 1.0 - doubt
+def _reasons(reasons: pd.Series) -> str:
+    """The three most frequent close reasons, quoted, with their counts."""
+    counts = reasons.fillna("").value_counts().head(3)
+    return ", ".join(f"{_quote(r) or 'empty reason'} x{n}" for r, n in counts.items())
 
 
 def _quote(text: Any, limit: int = 120) -> str:

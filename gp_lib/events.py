@@ -139,8 +139,7 @@ def validate_run(events: Iterable[Mapping[str, Any]], user_id: Any) -> RunReport
 
     ending = _ending(events)
     if ending == "agent_error":
-        text = protocol.message_text(events[-1]) or protocol.field(events[-1], "error_message") or "no message"
-        notes.append(f"ended with agent_error: {text}")
+        notes.append(f"ended with agent_error: {protocol.message_text(_last_of(events, AGENT_ERROR)) or 'no message'}")
     elif ending == "fallback":
         notes.append(f"completed through a fallback: {protocol.message_text(_last_of(events, AGENT_COMPLETED))}")
     elif ending == "unfinished":

@@ -75,7 +75,7 @@ def load_har(path: str | Path) -> HarImport:
     """
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ValueError(f"{path}: not a readable JSON file ({exc})") from None
     entries = data.get("log", {}).get("entries") if isinstance(data, dict) and isinstance(data.get("log"), dict) \
         else None
@@ -109,18 +109,26 @@ def _attempt(entry: dict[str, Any], attempt_id: str, where: str, problems: list[
     if not isinstance(url, str) or not url:
         problems.append(f"{where}.request.url: missing")
         url = None
+    try:
+        safe_url = _safe_url(url)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket; the URL itself may hold a token, so it is not quoted
+        problems.append(f"{where}.request.url: not a URL ({exc})")
+        safe_url = None
     status = response.get("status")
     if isinstance(status, bool) or not isinstance(status, int):
         problems.append(f"{where}.response.status: missing or not a number")
         status = None
+    elif not 0 <= status <= 999:
+        problems.append(f"{where}.response.status: {status} is not an HTTP status")
+        status = None
     messages = _messages(entry, where, problems)
-    started = protocol.parse_timestamp(entry.get("startedDateTime"))
+    started = _epoch(protocol.parse_timestamp(entry.get("startedDateTime")))
     if started is None:
         problems.append(f"{where}.startedDateTime: missing or not a date; times count from the first message")
         started = messages[0]["time"] if messages else None
 
     record = AttemptRecord(attempt_id=attempt_id, scenario=SCENARIO, arm="live", handshake_status=status,
-                           extra={"url": _safe_url(url)})
+                           extra={"url": safe_url})
     if started is not None:
         record.started_at = datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="milliseconds") \
             .replace("+00:00", "Z")
@@ -157,7 +165,7 @@ def _messages(entry: dict[str, Any], where: str, problems: list[str]) -> list[di
         opcode = 1 if opcode is None else opcode
         if kind not in (*DIRECTIONS, "error"):
             problems.append(f"{at}.type: {kind!r} is none of send, receive, error")
-        elif isinstance(time, bool) or not isinstance(time, (int, float)):
+        elif isinstance(time, bool) or not isinstance(time, (int, float)) or _epoch(time) is None:
             problems.append(f"{at}.time: missing or not epoch seconds")
         elif isinstance(opcode, bool) or not isinstance(opcode, int):
             problems.append(f"{at}.opcode: {opcode!r} is not a number")
@@ -167,7 +175,7 @@ def _messages(entry: dict[str, Any], where: str, problems: list[str]) -> list[di
             parsed = protocol.parse_frame(data) if kind != "error" and opcode == 1 else {}
             if parsed.get("type") == protocol.INVALID_TYPE:
                 problems.append(f"{at}.data: {parsed['problem']}; kept as an invalid frame")
-            kept.append({"type": kind, "time": float(time), "opcode": opcode, "data": data})
+            kept.append({"type": kind, "time": _epoch(time), "opcode": opcode, "data": data})
     return kept
 
 
@@ -204,6 +212,16 @@ def _frame(record: AttemptRecord, message: dict[str, Any], t_ms: float) -> bool:
         record.t_ready_ms = t_ms
         record.frames.append(frame_row(attempt_id, t_ms, "mark", None, kind="ready"))
     return protocol.is_auth_failure(parsed)
+
+
+def _epoch(seconds: float | None) -> float | None:
+    """`seconds` as epoch seconds when a date can hold them, else None: NaN, infinities and numbers past the
+    year 9999 occur in malformed files and must not stop the import."""
+    try:
+        datetime.fromtimestamp(seconds, timezone.utc)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+    return float(seconds)
 
 
 def _binary(data: str) -> bytes | str:

@@ -16,7 +16,7 @@ import platform
 import shlex
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
@@ -35,6 +35,7 @@ SECTION_TITLES = {
     "reproduce": "Reproduce this run",
 }
 VERSIONED = ("golden-path-lab", "websockets", "PyJWT", "pandas", "matplotlib", "papermill", "nbconvert", "scrapbook")
+BADGES = {"pass": "PASS", "fail": "FAIL", "error": "ERROR"}
 
 
 # -- text building (pure, tested) ---------------------------------------------------------
@@ -55,15 +56,14 @@ def markdown_table(table: pd.DataFrame | Sequence[dict[str, Any]], columns: Sequ
 def _cell(value: Any) -> str:
     if value is None or (isinstance(value, float) and pd.isna(value)) or value is pd.NA:
         return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
+    if isinstance(value, float):  # four significant digits, but 30000 ms stays 30000, not 3e+04
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
 def verdict_markdown(result: Any, headline: Sequence[str] = ()) -> str:
     """The verdict line and the headline figures."""
-    verdict = result.verdict
-    badge = {"pass": "PASS", "fail": "FAIL", "error": "ERROR"}[verdict]
+    badge = BADGES[result.verdict]
     if result.error:
         lines = [f"**Verdict: {badge}**: the run could not be made: {result.error}"]
     elif result.mode == "reference":
@@ -128,13 +128,14 @@ def environment_markdown(result: Any) -> str:
             {"item": "finished", "value": result.finished_at},
             {"item": "python", "value": platform.python_version()},
             {"item": "platform", "value": platform.platform(terse=True)}]
-    rows += [{"item": name, "value": _version(name)} for name in VERSIONED]
+    rows += [{"item": name, "value": package_version(name)} for name in VERSIONED]
     params = [{"parameter": k, "value": v} for k, v in sorted(result.params.items())]
     return markdown_table(rows) + "\n\n**Parameters** (secrets are never parameters; only the names of the " \
                                   "environment variables that hold them)\n\n" + markdown_table(params)
 
 
-def _version(name: str) -> str:
+def package_version(name: str) -> str:
+    """The installed version of a distribution, or "not installed"."""
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
@@ -203,9 +204,7 @@ def show_figure(figure: Any, name: str, result: Any, out_dir: str | Path, figure
 
 def glue_result(result: Any, findings: Sequence[Any], traces: Sequence[str], figures: Sequence[str]) -> None:
     """Glue the scraps that batch runs and reviews read (see the module docstring)."""
-    from IPython.display import display
-
-    scraps = {
+    glue({
         "scenario": result.scenario,
         "verdict": result.verdict,
         "mode": result.mode,
@@ -218,9 +217,16 @@ def glue_result(result: Any, findings: Sequence[Any], traces: Sequence[str], fig
         "traces": list(traces),
         "figures": list(figures),
         "summary": result.summary(),
-    }
+    })
+
+
+def glue(scraps: Mapping[str, Any]) -> None:
+    """Glue each scrap as `scrapbook.glue` would (see `scrap_output`); a None value is left out,
+    since scrapbook cannot read a null scrap (the target in reference mode)."""
+    from IPython.display import display
+
     for name, value in scraps.items():
-        if value is not None:  # scrapbook cannot read a null scrap (target in reference mode): leave it out
+        if value is not None:
             data, metadata = scrap_output(name, value)
             display(data, metadata=metadata, raw=True)
 

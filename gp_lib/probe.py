@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 
 from gp_lib import auth, protocol
 from gp_lib.client import TracedConnection
+from gp_lib.redact import redact
 from gp_lib.trace import AttemptRecord
 
 NORMAL_CLOSE = 1000
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         messages = _check(args)
         secret = auth.secret_from_env(args.jwt_secret_env)
     except (ProbeInputError, auth.AuthError) as exc:
-        print(f"gp probe: {exc}", file=sys.stderr)
+        print(f"gp probe: {redact(str(exc))}", file=sys.stderr)
         return 2
     token = auth.mint_token(secret, args.user)
     record = asyncio.run(probe(args, token, messages, sys.stdout))
@@ -89,7 +90,7 @@ def _check(args: argparse.Namespace) -> list[dict[str, Any]]:
     for number, text in enumerate(args.send, 1):
         try:
             message = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ProbeInputError(f"--send #{number} is not JSON ({exc}): {text[:80]!r}") from None
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             raise ProbeInputError(f"--send #{number} must be a JSON object with a string type, got {text[:80]!r}")
@@ -106,7 +107,7 @@ async def probe(args: argparse.Namespace, token: str, messages: list[dict[str, A
     conn = TracedConnection(args.url, attempt_id="probe", token=token, user_id=args.user,
                             auth_transport=args.auth_transport, open_timeout_s=args.open_timeout,
                             ready_timeout_s=args.ready_timeout)
-    print(f"probing {args.url} as {args.user} (token in {args.auth_transport}; never printed)", file=out)
+    print(f"probing {redact(args.url)} as {args.user} (token in {args.auth_transport}; never printed)", file=out)
     printer = _Printer(conn.record, out)
     following = asyncio.create_task(printer.follow())
     try:

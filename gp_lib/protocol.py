@@ -91,6 +91,8 @@ def parse_frame(text: str | bytes) -> dict[str, Any]:
         value = json.loads(text)
     except ValueError:
         return {"type": INVALID_TYPE, "raw": text[:2000], "problem": "not JSON"}
+    except RecursionError:
+        return {"type": INVALID_TYPE, "raw": text[:2000], "problem": "JSON nested too deeply"}
     if not isinstance(value, dict):
         return {"type": INVALID_TYPE, "raw": text[:2000], "problem": "JSON but not an object"}
     if not isinstance(value.get("type"), str) or not value["type"]:

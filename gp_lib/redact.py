@@ -8,6 +8,7 @@ so a token minted by another process cannot leak either.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -34,7 +35,8 @@ def register_secret(value: str | None) -> None:
     """
     global _secrets_pattern
     if value and len(value) >= 4 and value not in _secrets and not _FULL_JWT.fullmatch(value):
-        _secrets.add(value)
+        # as written, and as it appears inside JSON text (quotes, backslashes, non-ASCII escaped)
+        _secrets.update({value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]})
         ordered = sorted(_secrets, key=len, reverse=True)
         _secrets_pattern = re.compile("|".join(re.escape(s) for s in ordered))
 

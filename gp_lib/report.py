@@ -18,7 +18,6 @@ import json
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -26,14 +25,15 @@ import nbformat
 from nbconvert import MarkdownExporter
 from traitlets.config import Config
 
-from gp_lib.notebook import SECTION_TITLES, SECTIONS, VERSIONED, markdown_table
+from gp_lib.notebook import BADGES, SECTION_TITLES, SECTIONS, VERSIONED, markdown_table, package_version
 from gp_lib.redact import redact, redact_value
 
 ASSETS = "assets"
 #: What a report keeps of an output, best first; anything else (HTML, scrap payloads) is dropped.
 MIMETYPES = ("text/markdown", "image/png", "image/jpeg", "image/svg+xml", "text/plain")
 IMAGE_TYPES = {"image/png": ".png", "image/jpeg": ".jpg", "image/svg+xml": ".svg"}
-BADGES = {"pass": "PASS", "fail": "FAIL", "error": "ERROR"}
+#: Characters XML 1.0 cannot hold, even escaped: a junit.xml with one is rejected by every parser.
+NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
 @dataclass
@@ -54,7 +54,10 @@ class ReportContext:
 def write_report(executed: str | Path, out_dir: str | Path, name: str, context: ReportContext) -> Path:
     """Render `executed` into `out_dir/name`, its images into `out_dir/assets/`; the report's path."""
     out_dir = Path(out_dir)
-    nb = nbformat.read(str(executed), as_version=4) if Path(executed).exists() else nbformat.v4.new_notebook()
+    try:
+        nb = nbformat.read(str(executed), as_version=4)
+    except (OSError, ValueError):  # never written, or cut short when its kernel died: the header says why
+        nb = nbformat.v4.new_notebook()
     text, images = render(nb, context, out_dir / ASSETS)
     for relative, data in images.items():
         path = out_dir / relative
@@ -122,7 +125,7 @@ def sectioned(nb: nbformat.NotebookNode, context: ReportContext) -> nbformat.Not
 def _gap(section: str, context: ReportContext) -> str:
     """What an empty section says instead."""
     if section == "environment":
-        versions = [{"package": name, "version": _version(name)} for name in VERSIONED]
+        versions = [{"package": name, "version": package_version(name)} for name in VERSIONED]
         parameters = [{"parameter": k, "value": v} for k, v in sorted(context.parameters.items())]
         return ("_The notebook showed no environment; what the batch knows:_\n\n" + markdown_table(versions)
                 + "\n\n**Parameters set for this run**\n\n" + markdown_table(parameters))
@@ -183,13 +186,6 @@ def _header(context: ReportContext) -> str:
     return "\n".join(lines)
 
 
-def _version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 # -- summary.json and junit.xml -------------------------------------------------------------
 
 def run_verdict(verdicts: Iterable[str]) -> str:
@@ -208,22 +204,22 @@ def junit_xml(summary: Mapping[str, Any], seconds: Mapping[str, float]) -> str:
     suites = ET.Element("testsuites", name="golden-path", tests="0", failures="0", errors="0")
     totals = {"tests": 0, "failures": 0, "errors": 0}
     for scenario, entry in summary["scenarios"].items():
-        suite = ET.SubElement(suites, "testsuite", name=scenario, time=f"{seconds.get(scenario, 0.0):.3f}")
+        suite = ET.SubElement(suites, "testsuite", name=_xml(scenario), time=f"{seconds.get(scenario, 0.0):.3f}")
         counts = {"tests": 0, "failures": 0, "errors": 0}
         for check in entry["checks"]:
             name = check["name"] + (f" [{check['arm']}]" if check.get("arm") else "")
-            case = ET.SubElement(suite, "testcase", classname=scenario, name=name)
+            case = ET.SubElement(suite, "testcase", classname=_xml(scenario), name=_xml(name))
             counts["tests"] += 1
             if not check["passed"]:
                 counts["failures"] += 1
-                failure = ET.SubElement(case, "failure", message=redact(check["evidence"]) or "", type="check")
-                failure.text = redact(check["evidence"])
+                failure = ET.SubElement(case, "failure", message=_xml(check["evidence"]), type="check")
+                failure.text = _xml(check["evidence"])
         if entry.get("error"):
-            case = ET.SubElement(suite, "testcase", classname=scenario, name="run")
+            case = ET.SubElement(suite, "testcase", classname=_xml(scenario), name="run")
             counts["tests"] += 1
             counts["errors"] += 1
-            error = ET.SubElement(case, "error", message=redact(entry["error"]) or "", type="run")
-            error.text = f"{redact(entry['error'])}\nSee {entry['report']}."
+            error = ET.SubElement(case, "error", message=_xml(entry["error"]), type="run")
+            error.text = f"{_xml(entry['error'])}\nSee {entry['report']}."
         for key, value in counts.items():
             suite.set(key, str(value))
             totals[key] += value
@@ -231,3 +227,8 @@ def junit_xml(summary: Mapping[str, Any], seconds: Mapping[str, float]) -> str:
         suites.set(key, str(value))
     ET.indent(suites)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+
+
+def _xml(text: str | None) -> str:
+    """Text for junit.xml: redacted, and what a target sent that XML cannot hold replaced (U+FFFD)."""
+    return NOT_XML.sub("\ufffd", redact(text) or "")

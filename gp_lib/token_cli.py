@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from datetime import datetime, timezone
 
@@ -20,7 +22,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--email", help="email claim (default: <user>@golden-path.test)")
     parser.add_argument("--lifetime", type=float, default=auth.DEFAULT_LIFETIME_S / 60, metavar="MINUTES",
                         help="minutes until a minted token expires (default 30)")
-    parser.add_argument("--secret-env", default="JWT_SECRET_KEY", metavar="NAME",
+    parser.add_argument("--jwt-secret-env", "--secret-env", dest="secret_env", default="JWT_SECRET_KEY", metavar="NAME",
                         help="environment variable holding the signing secret (default JWT_SECRET_KEY)")
     parser.add_argument("--inspect", metavar="TOKEN", help="inspect TOKEN ('-' reads it from stdin) instead of minting")
 
@@ -33,8 +35,9 @@ def run(args: argparse.Namespace) -> int:
     except auth.AuthError as exc:
         print(f"gp token: {exc}", file=sys.stderr)
         return 2
-    if args.lifetime <= 0:
-        print("gp token: --lifetime must be greater than zero", file=sys.stderr)
+    if not (math.isfinite(args.lifetime) and args.lifetime > 0):
+        print(f"gp token: --lifetime must be a number of minutes greater than zero, not {args.lifetime:g}",
+              file=sys.stderr)
         return 2
     print(auth.mint_token(secret, args.user, email=args.email, lifetime_s=args.lifetime * 60))
     return 0
@@ -42,15 +45,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _inspect(token: str, secret_env: str) -> int:
     """Print header, claims with readable times, and problems; exit 1 when there are problems."""
-    import os
-
     secret = os.environ.get(secret_env) or None
     report = auth.inspect_token(token, secret)
     print("header: " + json.dumps(report.header, sort_keys=True))
     for name, value in sorted(report.claims.items()):
         shown = json.dumps(value)
         if name in ("iat", "exp", "nbf") and isinstance(value, (int, float)):
-            shown += "  (" + datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="seconds") + ")"
+            shown += _readable_time(value)
         print(f"  {name}: {shown}")
     if secret is None:
         print(f"signature: not checked ({secret_env} is not set)")
@@ -61,3 +62,11 @@ def _inspect(token: str, secret_env: str) -> int:
         return 1
     print("problems: none")
     return 0
+
+
+def _readable_time(epoch_s: float) -> str:
+    """`  (2026-11-30T12:00:00+00:00)`, or nothing for a time no calendar holds (the raw number says enough)."""
+    try:
+        return "  (" + datetime.fromtimestamp(epoch_s, timezone.utc).isoformat(timespec="seconds") + ")"
+    except (OverflowError, OSError, ValueError):
+        return ""

@@ -6,14 +6,16 @@ uses these names.
 * ``ok``               the attempt did what it set out to do and the client closed it
 * ``closed_1011``      the server closed with 1011 (internal error): the incident class
 * ``closed_other``     the server closed with another code, or the connection dropped (1006)
-* ``auth_rejected``    HTTP 401/403 instead of the upgrade, or an AUTH error and close 1008
+* ``auth_rejected``    HTTP 401/403 instead of the upgrade, or a server close 1008 after an AUTH
+                       error frame or before readiness (diagnosis tells a 1008 that names a limit apart)
 * ``refused``          TCP refused, or the upgrade answered with another HTTP status
 * ``dns_error``        the host name did not resolve
 * ``tls_error``        the TLS handshake failed
 * ``open_timeout``     no upgrade within the open timeout
 * ``ready_timeout``    upgraded, but no readiness marker within the ready timeout
 * ``receive_timeout``  ready, but the awaited answer did not come before its deadline
-* ``protocol_error``   the peer broke HTTP or WebSocket framing, or an invalid URL
+* ``protocol_error``   the peer broke HTTP or WebSocket framing (the client then fails the
+                       connection itself, 1002/1007/1009), or an invalid URL
 
 Tables (DESIGN.md, data model): `attempts`, one row per connection attempt, and
 `frames`, one row per frame sent or received or lifecycle mark. Times are
@@ -111,7 +113,8 @@ def frame_row(attempt_id: str, t_ms: float, direction: str, message: dict[str, A
 
 
 def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
+    """A field the peer chose, as text with secrets removed: a server may echo anything into an id."""
+    return None if value is None else redact(str(value))
 
 
 # -- tables ------------------------------------------------------------------------
@@ -134,10 +137,14 @@ def to_tables(records: Iterable[AttemptRecord]) -> tuple[pd.DataFrame, pd.DataFr
     return _typed(attempts), frame_table
 
 
+_TIMES = ("t_open_ms", "t_ready_ms", "t_first_send_ms", "t_close_ms")
+_CODES = ("close_code", "handshake_status")
+
+
 def _typed(attempts: pd.DataFrame) -> pd.DataFrame:
-    for name in ("t_open_ms", "t_ready_ms", "t_first_send_ms", "t_close_ms"):
+    for name in _TIMES:
         attempts[name] = pd.to_numeric(attempts[name], errors="coerce")
-    for name in ("close_code", "handshake_status"):
+    for name in _CODES:
         attempts[name] = pd.to_numeric(attempts[name], errors="coerce").astype("Int64")
     return attempts
 
@@ -195,7 +202,8 @@ def load_jsonl(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read a file written by `save_jsonl` back into (attempts, frames).
 
     Raises:
-        ValueError: naming the file and line of a line that is not a JSON record.
+        ValueError: naming the file and line of a line that is not a JSON record, or a
+            timing or code column that the attempt records lack.
     """
     attempts, frames = [], []
     with Path(path).open(encoding="utf-8") as source:
@@ -206,6 +214,8 @@ def load_jsonl(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
                 row = json.loads(line)
             except ValueError as exc:
                 raise ValueError(f"{path}:{number}: not JSON ({exc})") from None
+            except RecursionError:
+                raise ValueError(f"{path}:{number}: not JSON (nested too deeply)") from None
             kind = row.pop("record", None) if isinstance(row, dict) else None
             if kind == "attempt":
                 attempts.append(row)
@@ -213,12 +223,15 @@ def load_jsonl(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
                 frames.append(row)
             else:
                 raise ValueError(f"{path}:{number}: record is neither 'attempt' nor 'frame'")
-    attempt_table = _typed(pd.DataFrame(attempts)) if attempts else empty_attempts()
+    attempt_table = pd.DataFrame(attempts) if attempts else empty_attempts()
+    missing = [name for name in (*_TIMES, *_CODES) if name not in attempt_table]
+    if missing:  # the figures every check reads; other columns may be absent
+        raise ValueError(f"{path}: attempt records lack the column {missing[0]!r}")
     frame_table = pd.DataFrame(frames) if frames else empty_frames()
     for name in FRAME_COLUMNS:
         if name not in frame_table:
             frame_table[name] = None
-    return attempt_table, frame_table
+    return _typed(attempt_table), frame_table
 
 
 def _plain(value: Any) -> Any:

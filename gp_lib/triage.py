@@ -54,7 +54,7 @@ class TriageParams(CommonParams):
         super().validate()
         if not isinstance(self.scenarios, list) or not self.scenarios:
             raise ParameterError(f"scenarios must be a non-empty list, got {self.scenarios!r}")
-        unknown = [name for name in self.scenarios if name not in MODULES]
+        unknown = [name for name in self.scenarios if not isinstance(name, str) or name not in MODULES]
         if unknown:
             raise ParameterError(f"scenarios: unknown scenario {unknown[0]!r} (known: {', '.join(MODULES)})")
         for name in self.scenarios:  # the quick counts must hold with these common parameters too
@@ -258,7 +258,5 @@ def glue(params: TriageParams, results: Sequence[ScenarioResult], findings: Sequ
          traces: Sequence[str], figures: Sequence[str]) -> None:
     """The scraps of a scenario notebook (gp_lib.notebook.glue_result) for the whole pass, plus
     `fixed_diagnosis`: the fixed arms' findings in reference mode (empty when the fixes hold), else []."""
-    import scrapbook as sb
-
     nb.glue_result(as_one_result(params, results), findings, traces, figures)
-    sb.glue("fixed_diagnosis", [f.to_dict() for f in fixed_findings(results)])
+    nb.glue({"fixed_diagnosis": [f.to_dict() for f in fixed_findings(results)]})

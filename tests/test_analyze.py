@@ -137,6 +137,12 @@ def test_default_out_is_a_new_run_under_reports(tmp_path, capsys, monkeypatch):
     assert history.find_runs(tmp_path / "reports")[0][0].run_id == run.name
 
 
+def test_an_out_that_cannot_be_written_exits_2(tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file, not a folder")
+    code, out, err = gp_analyze(capsys, FIXTURE_HAR, "--out", tmp_path / "taken")
+    assert code == 2 and f"cannot write {tmp_path / 'taken'}" in err
+
+
 def test_a_trace_from_another_tool_may_lack_columns(tmp_path):
     path = tmp_path / "other.jsonl"
     path.write_text(json.dumps({"record": "attempt", "attempt_id": "x", "t_open_ms": 3, "t_ready_ms": None,
@@ -153,6 +159,7 @@ def test_a_trace_from_another_tool_may_lack_columns(tmp_path):
     ("garbage\n", "not JSON"),
     ('{"some": "object"}\n', "record is neither 'attempt' nor 'frame'"),
     ('{"log": {"entries": 3}}', "not a HAR file"),
+    ("[" * 100_000 + "]" * 100_000, "not JSON"),
     ('{"log": {"entries": [{"_resourceType": "document"}]}}', "none of its 1 entries is a WebSocket"),
     ('{"record": "attempt", "attempt_id": "x"}\n', "attempt records lack the column 't_open_ms'"),
 ])

@@ -3,6 +3,7 @@
 import base64
 import json
 import socket
+import socketserver
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -51,6 +52,16 @@ def test_unsupported_algorithm_and_garbage():
     token = jwt.encode({"sub": "u1"}, "k" * 64, algorithm="HS512")
     assert any("unsupported algorithm 'HS512'" in p for p in auth.inspect_token(token).problems)
     assert auth.inspect_token("not-a-token").problems[0].startswith("malformed token")
+
+
+@pytest.mark.parametrize("header", [{"alg": "HS256", "kid": 5}, {"alg": "HS256", "crit": "x"}])
+def test_a_header_pyjwt_refuses_is_a_problem_not_an_exception(header):
+    def part(value):
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+    token = f"{part(header)}.{part({'sub': 'u1'})}.c2ln"
+    assert auth.inspect_token(token, SECRET).problems[0].startswith("malformed token")
+    with pytest.raises(auth.TokenError, match="malformed token"):
+        auth.verify_token(token, SECRET)
 
 
 def test_signature_is_not_checked_without_a_secret():
@@ -105,6 +116,7 @@ class _AuthService(BaseHTTPRequestHandler):
     status = 200
     delay_s = 0.0
     calls = 0
+    body = None  # bytes to answer 200 with instead of a token
 
     def do_POST(self):  # noqa: N802 - http.server naming
         type(self).calls += 1
@@ -116,8 +128,9 @@ class _AuthService(BaseHTTPRequestHandler):
             return
         assert self.headers["X-E2E-Bypass-Key"] == "bypass-key-for-tests"
         token = auth.mint_token(SECRET, "staging-" + body["email"])
-        payload = json.dumps({"access_token": token, "refresh_token": "r" * 20, "token_type": "Bearer",
-                              "expires_in": 900, "user": {"id": "staging-id-1", "email": body["email"]}}).encode()
+        payload = self.body if self.body is not None else json.dumps({
+            "access_token": token, "refresh_token": "r" * 20, "token_type": "Bearer", "expires_in": 900,
+            "user": {"id": "staging-id-1", "email": body["email"]}}).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
@@ -130,7 +143,7 @@ class _AuthService(BaseHTTPRequestHandler):
 @pytest.fixture
 def auth_service(monkeypatch):
     monkeypatch.setenv("GP_TEST_BYPASS", "bypass-key-for-tests")
-    handler = type("Handler", (_AuthService,), {"status": 200, "delay_s": 0.0, "calls": 0})
+    handler = type("Handler", (_AuthService,), {"status": 200, "delay_s": 0.0, "calls": 0, "body": None})
     server = HTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -164,6 +177,32 @@ def test_staging_timeout(auth_service):
     handler.delay_s = 1.0
     with pytest.raises(auth.AuthError, match="did not answer within 0.2 s"):
         auth.StagingTokenSource(url, "GP_TEST_BYPASS", timeout_s=0.2).token("a@example.test")
+
+
+@pytest.mark.parametrize("body, words", [(b"[]", "not a JSON object"), (b'"token"', "not a JSON object"),
+                                         (b"<html>", "not JSON"), (b"[" * 100_000, "not JSON")])
+def test_staging_garbage_body_is_named(auth_service, body, words):
+    handler, url = auth_service
+    handler.body = body
+    with pytest.raises(auth.AuthError, match=f"answered 200 with a body that is {words}"):
+        auth.StagingTokenSource(url, "GP_TEST_BYPASS").token("a@example.test")
+
+
+class _NotHttp(socketserver.BaseRequestHandler):
+    def handle(self):
+        self.request.recv(4096)
+        self.request.sendall(b"SSH-2.0-OpenSSH_9.0\r\n\r\n")
+
+
+def test_staging_garbage_http_is_named(monkeypatch):
+    monkeypatch.setenv("GP_TEST_BYPASS", "bypass-key-for-tests")
+    with socketserver.TCPServer(("127.0.0.1", 0), _NotHttp) as server:
+        thread = threading.Thread(target=server.handle_request, daemon=True)
+        thread.start()
+        source = auth.StagingTokenSource(f"http://127.0.0.1:{server.server_address[1]}", "GP_TEST_BYPASS", timeout_s=5)
+        with pytest.raises(auth.AuthError, match="did not answer with HTTP"):
+            source.token("a@example.test")
+        thread.join(5)
 
 
 def test_staging_refused(monkeypatch):

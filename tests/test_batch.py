@@ -10,8 +10,10 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +101,7 @@ def idle_server():
     (["-p", "missing_events.sequential_runs=-5"], "sequential_runs"),
     (["-p", "jwt_secret=abc"], "jwt_secret"),
     (["--jobs", "0"], "--jobs"),
+    (["--timeout", "nan"], "--timeout"),
 ])
 def test_bad_parameters_exit_2_before_any_traffic(idle_server, tmp_path, capsys, extra, culprit):
     out = tmp_path / "out"
@@ -114,6 +117,32 @@ def test_a_url_that_is_not_websocket_exits_2(idle_server, tmp_path, capsys):
     assert cli.main(["report", "--target", http_url, "--out", str(tmp_path / "out")]) == 2
     assert "target_url" in capsys.readouterr().err
     assert idle_server.stats()["connections_total"] == 0
+
+
+def test_a_live_run_without_its_secret_in_the_environment_exits_2_before_any_notebook(idle_server, tmp_path,
+                                                                                      capsys, monkeypatch):
+    monkeypatch.delenv("GP_BATCH_TEST_NO_SECRET", raising=False)
+    out = tmp_path / "out"
+    code = cli.main(["report", "--target", idle_server.url, "--out", str(out),
+                     "-p", "jwt_secret_env=GP_BATCH_TEST_NO_SECRET"])
+    assert code == 2
+    assert "environment variable GP_BATCH_TEST_NO_SECRET is not set" in capsys.readouterr().err
+    assert idle_server.stats()["connections_total"] == 0 and not out.exists()
+
+
+def test_an_out_that_is_a_file_exits_2_naming_it(tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    assert cli.main(["report", "--out", str(taken)]) == 2
+    assert f"--out {taken}: exists and is not a directory" in capsys.readouterr().err
+
+
+def test_a_run_that_cannot_write_out_exits_2_not_1(tmp_path, capsys):
+    """1 would tell CI that an issue was found; an OUT under a file cannot even be created."""
+    (tmp_path / "file").write_text("")
+    assert cli.main(["report", "--scenario", "missing_events", "--out", str(tmp_path / "file" / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "gp report: error: the run could not be made" in err and "NotADirectoryError" in err
 
 
 # -- pieces of execution ------------------------------------------------------------------------------
@@ -223,6 +252,67 @@ def test_fixture_batch_outputs(stub_run):
     executed = nbformat.read(plan.out / "notebooks" / "failing.ipynb", as_version=4)
     assert not any(str(Path.cwd()) in json.dumps(cell) for cell in executed.cells), "no absolute path of this machine"
     assert (plan.out / "notebooks" / "failing.log").is_file()
+
+
+INTERRUPTED_RUN = """
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from gp_lib import batch
+from gp_lib.scenarios.common import CommonParams
+
+
+@dataclass
+class HoldingParams(CommonParams):
+    attempts: int = 3
+    release_file: str = ""
+    started_file: str = ""
+
+
+class HoldingEntry(batch.Entry):
+    def params_class(self):
+        return HoldingParams
+
+
+if __name__ == "__main__":  # the pool's workers import this file again
+    fixtures, out, release, started = sys.argv[1:5]
+    registry = {name: HoldingEntry(name, f"{name}.ipynb", f"GOLDEN_PATH_{name.upper()}_TEST_REPORT.md", name)
+                for name in ("holding", "passing")}
+    parser = argparse.ArgumentParser()
+    batch.configure(parser)
+    args = parser.parse_args(["--scenario", "holding", "--scenario", "passing", "--jobs", "1", "--out", out,
+                              "-p", f"release_file={release}", "-p", f"started_file={started}"])
+    batch.run_plan(batch.make_plan(args, registry, Path(fixtures)))
+"""
+
+
+@pytest.mark.notebook
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_batch_starts_no_further_notebook(tmp_path, signum):
+    """One worker: `holding` runs until released, `passing` waits for the worker. gp alone gets SIGINT (as from
+    `kill -INT`) or SIGTERM (a cancelled CI job), then `holding` is released: `passing` must never start."""
+    script, release, started = tmp_path / "interrupted_run.py", tmp_path / "release", tmp_path / "started"
+    script.write_text(INTERRUPTED_RUN)
+    child = subprocess.Popen([sys.executable, str(script), str(FIXTURES), str(tmp_path / "out"), str(release),
+                              str(started)], stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 120 * SCALE
+        while not started.exists():
+            assert child.poll() is None and time.monotonic() < deadline, "the holding notebook never ran"
+            time.sleep(0.05)
+        child.send_signal(signum)
+        release.touch()
+        _, err = child.communicate(timeout=300 * SCALE)
+    finally:
+        release.touch()
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode != 0 and "KeyboardInterrupt" in err
+    assert "gp: holding: started" in err and "gp: passing: started" not in err
 
 
 # -- end to end: `gp report` as a subprocess ---------------------------------------------------------------

@@ -5,6 +5,8 @@ client must turn every one of them into an outcome in the attempts table.
 """
 
 import asyncio
+import base64
+import hashlib
 import json
 import os
 import socket
@@ -52,6 +54,15 @@ async def _route(ws):
         await ws.send(json.dumps({"type": "connection_established"}))
         await ws.send(json.dumps({"type": "echo", "authorization": ws.request.headers.get("Authorization"),
                                   "offer": ws.request.headers.get("Sec-WebSocket-Protocol")}))
+    elif path == "/bad_utf8":
+        await ws.send(json.dumps({"type": "connection_established"}))
+        await ws.send(b"\xff\xfe", text=True)  # a text frame that is not UTF-8 breaks the protocol
+    elif path == "/too_big":
+        await ws.send(json.dumps({"type": "connection_established"}))
+        await ws.send("x" * (2**22 + 1))  # one byte over the client's max_size
+    elif path == "/binary_json":
+        await ws.send(json.dumps({"type": "connection_established"}))
+        await ws.send(json.dumps({"type": "pong"}).encode())
     elif path == "/flood":
         await ws.send(json.dumps({"type": "connection_established"}))
         for n in range(50):
@@ -260,3 +271,56 @@ async def test_frames_are_bounded_and_heartbeats_skipped(server):
         assert len(got) == 25 and all(m["type"] == "tick" for m in got)
     record = await _attempt(server + "/flood", body, max_frames=10)
     assert len(record.frames) == 10 and record.frames_received == 51
+
+
+@pytest.mark.parametrize("path, error_type", [("/bad_utf8", "UnicodeDecodeError"), ("/too_big", "PayloadTooBig")])
+async def test_a_frame_that_breaks_the_protocol_is_a_protocol_error(server, path, error_type):
+    async def body(conn):
+        assert await conn.wait_ready(2 * SCALE)
+        assert await conn.collect(2 * SCALE) == []  # the client fails the connection instead of delivering it
+    record = await _attempt(server + path, body)
+    assert record.outcome == "protocol_error" and record.error_type == error_type
+
+
+async def test_a_binary_json_frame_keeps_its_payload(server):
+    async def body(conn):
+        assert await conn.wait_ready(2 * SCALE)
+        assert [m["type"] for m in await conn.receive_until(lambda m: m["type"] == "pong", 2 * SCALE)] == ["pong"]
+    record = await _attempt(server + "/binary_json", body)
+    pong = next(f for f in record.frames if f["type"] == "pong")
+    assert json.loads(pong["payload"]) == {"type": "pong"}
+
+
+async def test_cancelling_a_close_is_not_swallowed(server):
+    """A caller's deadline (asyncio.timeout, wait_for) must still cancel an attempt that is closing."""
+    conn = TracedConnection(server + "/close1011", attempt_id="a1", token=TOKEN)
+    assert await conn.open() and not await conn.wait_ready(2 * SCALE)  # the server closed; the reader is done
+    stuck = asyncio.Event()
+    conn._reader = asyncio.create_task(stuck.wait())  # injected: a reader that has not finished yet
+    closing = asyncio.create_task(conn.close())
+    await asyncio.sleep(0)  # close() is now waiting for that reader
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    assert conn._reader.cancelled()
+
+
+async def test_a_1011_that_crosses_the_client_close_is_still_a_1011():
+    """The server's own close frame says 1011 while the client's 1000 is on its way: the 1011 is the evidence."""
+    async def crossing(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"sec-websocket-key"))
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        await reader.readexactly(2)  # the first bytes of the client's close frame: it has closed first
+        reason = b"Internal error"
+        writer.write(bytes([0x88, 2 + len(reason)]) + (1011).to_bytes(2, "big") + reason)
+        await writer.drain()
+        writer.close()
+    server = await asyncio.start_server(crossing, "127.0.0.1", 0)
+    async with server:
+        record = await _attempt(f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws", token=None)
+    assert record.close_code == 1011 and record.close_reason == "Internal error"
+    assert record.outcome == "closed_1011"

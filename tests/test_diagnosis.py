@@ -405,6 +405,16 @@ def test_combine_reads_the_traces_and_checks_the_notebooks_left(tmp_path):
     assert combined[0]["confidence"] == 0.99
 
 
+def test_combine_takes_the_notebooks_own_diagnosis_when_a_trace_was_cut_short(tmp_path):
+    """A kernel killed while writing its trace leaves half a line: the batch must still write its summary."""
+    attempts, frames = tables(*race_run())
+    path = save_jsonl(tmp_path / "traces" / "race_conditions-faulty.jsonl", attempts, frames)
+    path.write_text(path.read_text()[:-40])
+    own = [{"root_cause": "race_conditions", "confidence": 0.8, "evidence": ["from the notebook"]}]
+    scraps = {"race_conditions": {"mode": "reference", "traces": [str(path)], "diagnosis": own}}
+    assert combine(scraps) == own
+
+
 def test_findings_round_trip_and_table():
     finding = Finding("race_conditions", 0.876, ["1011 before readiness in 3 of 3", "more"])
     assert Finding.from_dict(finding.to_dict()) == Finding("race_conditions", 0.88, finding.evidence)

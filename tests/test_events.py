@@ -129,6 +129,8 @@ def test_a_run_ending_in_agent_error_or_a_fallback_is_noted():
     report = events.validate_run(failed, "u1")
     assert report.ending == "agent_error" and report.notes == ("ended with agent_error: LLM quota exceeded",)
     assert "agent_completed" in report.missing
+    late = events.validate_run(failed + [event("agent_thinking", step=9)], "u1")  # a straggler after the error
+    assert late.ending == "agent_error" and late.notes == ("ended with agent_error: LLM quota exceeded",)
     fallback = run([HEALTHY[0], ("agent_completed", {"result": "A fallback answered: the agent service is "
                                                              "temporarily unavailable."})])
     report = events.validate_run(fallback, "u1")

@@ -173,8 +173,27 @@ def test_entries_that_are_not_websockets_are_skipped_silently(tmp_path):
     assert result.attempts["attempt_id"].tolist() == ["har-001"]
 
 
+@pytest.mark.parametrize("change, problem", [
+    ({"startedDateTime": "1e20"}, "log.entries[0].startedDateTime: missing or not a date"),
+    ({"startedDateTime": 1e300}, "log.entries[0].startedDateTime: missing or not a date"),
+    ({"startedDateTime": None, "_webSocketMessages": [{"type": "receive", "time": float("inf"), "data": "{}"}]},
+     "log.entries[0]._webSocketMessages[0].time: missing or not epoch seconds"),
+    ({"_webSocketMessages": [{"type": "receive", "time": 10 ** 400, "data": "{}"}]},
+     "log.entries[0]._webSocketMessages[0].time: missing or not epoch seconds"),
+    ({"request": {"url": "wss://[::1/ws"}}, "log.entries[0].request.url: not a URL (Invalid IPv6 URL)"),
+    ({"response": {"status": 10 ** 30}}, f"log.entries[0].response.status: {10 ** 30} is not an HTTP status"),
+    ({"_webSocketMessages": [{"type": "receive", "time": T0, "data": "[" * 100_000 + "]" * 100_000}]},
+     "log.entries[0]._webSocketMessages[0].data: "),
+])
+def test_values_out_of_range_are_problems_not_crashes(tmp_path, change, problem):
+    result = imported({**entry([message("receive", 1, READY)]), **change}, tmp_path=tmp_path)
+    assert problem in "\n".join(result.problems)
+    assert len(result.attempts) == 1 and result.attempts.iloc[0]["outcome"]
+
+
 @pytest.mark.parametrize("text, why", [
     ("not json at all", "not a readable JSON file"),
+    ("[" * 100_000 + "]" * 100_000, "not a readable JSON file"),
     (json.dumps({"log": {"entries": {}}}), "not a HAR file"),
     (json.dumps([1, 2]), "not a HAR file"),
 ])

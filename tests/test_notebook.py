@@ -25,6 +25,7 @@ def test_markdown_table_escapes_and_formats():
     text = nb.markdown_table(pd.DataFrame([{"a": "x|y", "b": 0.123456, "c": None}, {"a": "two\nlines", "b": 3, "c": "z"}]))
     assert text.splitlines()[0] == "| a | b | c |"
     assert "x\\|y" in text and "two lines" in text and "0.1235" in text
+    assert nb.markdown_table([{"ms": 30000.0}, {"ms": 12345.6}]).splitlines()[2:] == ["| 30000 |", "| 12346 |"]
     assert nb.markdown_table([]) == "_(none)_"
 
 

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from gp_lib.auth import mint_token
 from gp_lib.cli import main
 from gp_lib.probe import frame_line
 from gp_lib.target import free_port, running_server
@@ -75,9 +76,19 @@ def test_a_closed_port_is_refused_and_exits_1(capsys, monkeypatch):
     assert "HTTP status:  none (no HTTP answer)" in out and "outcome:      refused (abnormal)" in out
 
 
+def test_a_token_in_the_url_is_never_printed(capsys, monkeypatch):
+    token = mint_token("url-token-secret-0123456789", "alice")
+    code, out, _ = probe(capsys, monkeypatch, "secret", f"ws://127.0.0.1:{free_port()}/ws?token={token}")
+    assert code == 1 and "outcome:      refused" in out
+    assert token not in out and not JWT.search(out)
+    code, _, err = probe(capsys, monkeypatch, "secret", f"http://example.test/ws?token={token}")
+    assert code == 2 and "URL must be" in err and token not in err and not JWT.search(err)
+
+
 @pytest.mark.parametrize("args, named", [
     (["http://example.test/ws"], "URL must be a ws:// or wss:// URL"),
     (["ws://example.test/ws", "--send", "{nope"], "--send #1 is not JSON"),
+    (["ws://example.test/ws", "--send", "[" * 100_000], "--send #1 is not JSON"),
     (["ws://example.test/ws", "--send", PING, "--send", "[1]"], "--send #2 must be a JSON object with a string type"),
     (["ws://example.test/ws", "--send-at-ms", "-5"], "--send-at-ms must not be negative"),
     (["ws://example.test/ws", "--open-timeout", "0"], "--open-timeout must be greater than zero"),

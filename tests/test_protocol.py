@@ -74,6 +74,7 @@ def test_handshake_reply_echoes_ids_from_any_layout():
     ('{"data": {}}', "no type"),
     ('{"type": 7}', "no type"),
     (b"\xff\xfe", "binary frame, not UTF-8"),
+    ("[" * 100_000 + "]" * 100_000, "JSON nested too deeply"),
 ])
 def test_bad_frames_become_evidence(raw, problem):
     message = protocol.parse_frame(raw)

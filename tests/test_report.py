@@ -206,6 +206,27 @@ def test_junit_has_a_testcase_per_check_with_failures_and_errors():
     assert root.find("testsuite").get("time") == "1.500"
 
 
+def test_junit_holds_what_a_target_sent_that_xml_cannot():
+    """Evidence quotes the target (tool names, close reasons, errors): control characters must not break the file."""
+    garbage = {"scenarios": {"missing_events": {
+        "verdict": "error", "report": "M.md", "error": "first error: bad\x00byte",
+        "checks": [{"name": "tool_calls_closed", "passed": False, "evidence": "tool_executing of ev\x01il\x1b[31m"}]}}}
+    root = ET.fromstring(junit_xml(garbage, {}))
+    assert root.find(".//failure").get("message") == "tool_executing of ev\ufffdil\ufffd[31m"
+    assert root.find(".//error").text.startswith("first error: bad\ufffdbyte")
+
+
+def test_write_report_of_a_notebook_cut_short(tmp_path):
+    """A worker killed while papermill wrote the notebook leaves broken JSON: the report still says why."""
+    executed = tmp_path / "executed.ipynb"
+    nbformat.write(executed_notebook(), executed)
+    executed.write_text(executed.read_text()[:200])
+    path = write_report(executed, tmp_path, "REPORT.md",
+                        context(verdict="error", error="the executed notebook cannot be read: Notebook does not appear "
+                                                       "to be JSON"))
+    assert path.read_text().startswith("# WebSocket race conditions: ERROR\n\n**The run could not be made:**")
+
+
 def test_summary_json_is_redacted_json():
     data = json.loads(summary_json(SUMMARY))
     assert "eyJ" not in json.dumps(data)

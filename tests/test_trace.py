@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from gp_lib import auth
+from gp_lib.redact import register_secret
 from gp_lib.trace import ATTEMPT_COLUMNS, FRAME_COLUMNS, AttemptRecord, frame_row, load_jsonl, save_jsonl, to_tables
 
 
@@ -56,6 +57,9 @@ def test_bad_jsonl_names_file_and_line(tmp_path):
     path.write_text('{"record": "session"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:1: record is neither"):
         load_jsonl(path)
+    path.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: not JSON \(nested too deeply\)"):
+        load_jsonl(path)
 
 
 def test_tokens_never_reach_a_row():
@@ -66,3 +70,27 @@ def test_tokens_never_reach_a_row():
     text = attempts.to_json() + frames.to_json()
     assert token not in text and auth.subprotocol_offer(token) not in text
     assert "<redacted>" in frames.iloc[-1]["payload"]
+
+
+def test_jsonl_without_a_timing_column_names_file_and_column(tmp_path):
+    path = tmp_path / "older.jsonl"
+    path.write_text('{"record": "attempt", "attempt_id": "a", "outcome": "ok", "t_open_ms": 1.0}\n')
+    with pytest.raises(ValueError, match=r"older.jsonl: attempt records lack the column 't_ready_ms'"):
+        load_jsonl(path)
+
+
+def test_tokens_in_frame_id_columns_are_redacted():
+    token = auth.mint_token("trace-test-secret-0123456789", "u1")
+    row = frame_row("a1", 1.0, "received", {"type": "echo", "user_id": token, "data": {"thread_id": f"t-{token}"}})
+    assert token not in json.dumps(row) and row["user_id"] == "<redacted>"
+
+
+@pytest.mark.parametrize("secret", ['quote"and\\backslash-0123', "s\u00e9cret-non-ascii-0123"])
+def test_a_secret_that_json_escapes_is_redacted_from_payloads(secret):
+    register_secret(secret)
+    row = frame_row("a1", 1.0, "sent", {"type": "echo", "config": {"jwt_secret": secret}})
+    received = frame_row("a1", 2.0, "received", {}, raw=json.dumps({"type": "error", "message": secret},
+                                                                    ensure_ascii=False))
+    assert "<redacted>" in row["payload"] and "<redacted>" in received["payload"]
+    for text in (secret, json.dumps(secret)[1:-1]):
+        assert text not in row["payload"] and text not in received["payload"]

@@ -47,7 +47,7 @@ def outcome_matrix(result: Any) -> Any:
     arms = arms_of(result)
     conditions = _conditions(result)
     outcomes = list(REQUEST_OUTCOMES)
-    if any(len(o.attempts) and (o.attempts.get("request_outcome") == NOT_SENT).any()
+    if any("request_outcome" in o.attempts and (o.attempts["request_outcome"] == NOT_SENT).any()
            for o in result.observations.values()):
         outcomes.append(NOT_SENT)
     fig, axes = arm_axes(arms, "Request outcome by condition (number of requests)",

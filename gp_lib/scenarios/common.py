@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -30,10 +31,11 @@ from gp_lib import auth
 from gp_lib.checks import Check, reference_checks, verdict
 from gp_lib.client import TracedConnection
 from gp_lib.redact import is_secret_name, register_secret
+from gp_lib.target.dialect import Dialect
 from gp_lib.trace import UNREACHABLE_OUTCOMES, AttemptRecord, concat, save_jsonl, to_tables
 
-MODES = ("live", "reference")
 ENVS = ("local", "staging")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class ParameterError(ValueError):
@@ -72,8 +74,18 @@ class CommonParams:
         if self.auth_transport not in auth.AUTH_TRANSPORTS:
             raise ParameterError(f"auth_transport must be one of {', '.join(auth.AUTH_TRANSPORTS)}, "
                                  f"not {self.auth_transport!r}")
+        for name in ("jwt_secret_env", "bypass_key_env"):
+            if not ENV_NAME.fullmatch(str(getattr(self, name))):  # never echo it: it may be a pasted secret
+                raise ParameterError(f"{name} must be the NAME of an environment variable (letters, digits, "
+                                     f"underscores), not the secret itself; its value was not shown")
+        try:
+            Dialect.parse(self.dialect)
+        except ValueError as exc:
+            raise ParameterError(f"dialect: {exc}") from None
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if type(f.default) is int and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ParameterError(f"{f.name} must be a whole number, got {value!r}")
             if isinstance(value, bool):
                 continue
             if isinstance(value, (int, float)) and value < 0:
@@ -147,10 +159,13 @@ class Credentials:
         elif secret is None:
             self._secret = auth.secret_from_env(params.jwt_secret_env)
 
-    def token_for(self, user_id: str) -> tuple[str, str]:
-        """`(token, user_id)`; staging may give another user id than asked for."""
+    async def token_for(self, user_id: str) -> tuple[str, str]:
+        """`(token, user_id)`; staging may give another user id than asked for.
+
+        A staging fetch is HTTP: it runs in a thread so connections in flight are not stalled.
+        """
         if self._staging is not None:
-            return self._staging.token(f"{user_id}@golden-path.test", user_id)
+            return await asyncio.to_thread(self._staging.token, f"{user_id}@golden-path.test", user_id)
         return auth.mint_token(self._secret, user_id), user_id
 
 
@@ -171,11 +186,11 @@ class Target:
         self._counter += 1
         return f"{self.scenario}-{self.arm}-{self._counter:05d}"
 
-    def connection(self, user_id: str, *, condition: str = "", token: str | None = None,
-                   extra: dict[str, Any] | None = None, **options: Any) -> TracedConnection:
+    async def connection(self, user_id: str, *, condition: str = "", token: str | None = None,
+                         extra: dict[str, Any] | None = None, **options: Any) -> TracedConnection:
         """A traced connection for `user_id`, labelled and timed from the parameters."""
         if token is None:
-            token, user_id = self.credentials.token_for(user_id)
+            token, user_id = await self.credentials.token_for(user_id)
         p = self.params
         headers = auth.test_mode_headers(user_id, p.env) if p.test_headers else None
         kwargs: dict[str, Any] = dict(attempt_id=self.next_id(), token=token, user_id=user_id,
@@ -202,7 +217,11 @@ class _NoProgress:
 
 
 async def bounded_gather(jobs: Iterable[Callable[[], Awaitable[Any]]], limit: int, bar: Any = None) -> list[Any]:
-    """Run job factories with at most `limit` in flight; results in order."""
+    """Run job factories with at most `limit` in flight; results in order.
+
+    A job that raises (an auth service failing mid-run) cancels the others
+    rather than leaving them running unawaited.
+    """
     semaphore = asyncio.Semaphore(max(1, limit))
 
     async def one(job: Callable[[], Awaitable[Any]]) -> Any:
@@ -212,7 +231,9 @@ async def bounded_gather(jobs: Iterable[Callable[[], Awaitable[Any]]], limit: in
             bar.update(1)
         return result
 
-    return list(await asyncio.gather(*(one(job) for job in jobs)))
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(one(job)) for job in jobs]
+    return [task.result() for task in tasks]
 
 
 # -- observations and results ------------------------------------------------------------------
@@ -312,6 +333,7 @@ async def run_scenario(module: ScenarioModule, params: CommonParams, *,
     observations: dict[str, Observation] = {}
     if params.target_url:
         credentials = Credentials(params)
+        await credentials.token_for("golden-path-preflight")  # a staging auth failure stops the run here
         target = Target(params.target_url, "live", module.NAME, params, credentials, progress=progress)
         observations["live"] = await module.drive(target)
     else:
@@ -343,11 +365,14 @@ def unreachable_error(observations: Mapping[str, Observation]) -> str | None:
     attempts = concat(o.attempts for o in observations.values())
     if not len(attempts) or not attempts["outcome"].isin(UNREACHABLE_OUTCOMES).all():
         return None
-    counts = attempts["outcome"].value_counts()
-    detail = ", ".join(f"{n} {outcome}" for outcome, n in counts.items())
     first = attempts["error"].dropna()
-    return (f"target unreachable: none of {len(attempts)} attempts connected ({detail})"
+    return (f"target unreachable: none of {len(attempts)} attempts connected ({outcome_counts(attempts)})"
             + (f"; first error: {first.iloc[0]}" if len(first) else ""))
+
+
+def outcome_counts(attempts: pd.DataFrame) -> str:
+    """The attempts' outcomes counted, most frequent first: '3 refused, 1 auth_rejected'."""
+    return ", ".join(f"{n} {outcome}" for outcome, n in attempts["outcome"].value_counts().items())
 
 
 def elapsed_ms(since: float) -> float:

@@ -36,14 +36,16 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, AsyncIterator, Callable
 
 import pandas as pd
 
 from gp_lib import protocol
 from gp_lib.checks import Check
+from gp_lib.redact import redact_value
 from gp_lib.scenarios.common import (CommonParams, Observation, ParameterError, ScenarioResult, Target,
-                                     bounded_gather, elapsed_ms, run_scenario)
+                                     bounded_gather, elapsed_ms, outcome_counts, run_scenario)
 from gp_lib.trace import AttemptRecord, connection_metrics
 
 NAME = "factory_initialization"
@@ -132,9 +134,9 @@ async def drive(target: Target) -> Observation:
     """Health checks, fresh connections, then restart (reference) or reconnect (live) recovery."""
     p: Params = target.params
     bar = target.bar(p.health_checks + p.connections, "health checks and fresh connections")
-    health = await bounded_gather([_job(_health_check, target, n) for n in range(p.health_checks)],
+    health = await bounded_gather([partial(_health_check, target, n) for n in range(p.health_checks)],
                                   p.max_concurrency, bar)
-    fresh = await bounded_gather([_job(_fresh_connection, target, n) for n in range(p.connections)],
+    fresh = await bounded_gather([partial(_fresh_connection, target, n) for n in range(p.connections)],
                                  p.max_concurrency, bar)
     bar.close()
     tables: dict[str, pd.DataFrame] = {
@@ -149,14 +151,10 @@ async def drive(target: Target) -> Observation:
     return Observation.from_records(target.arm, records, tables)
 
 
-def _job(function: Callable[..., Any], *args: Any) -> Callable[[], Any]:
-    return lambda: function(*args)
-
-
 async def _health_check(target: Target, n: int) -> tuple[AttemptRecord, dict[str, Any]]:
     """One connection that asks for `system_status` before setup could have finished."""
     p: Params = target.params
-    conn = target.connection(f"factory-health-{n:03d}", condition=HEALTH, extra=_columns())
+    conn = await target.connection(f"factory-health-{n:03d}", condition=HEALTH, extra=_columns())
     status = None
     if await conn.open():
         await conn.send({"type": "system_health_check", "timestamp": time.time()}, at_ms=0)
@@ -170,7 +168,7 @@ async def _health_check(target: Target, n: int) -> tuple[AttemptRecord, dict[str
 
 
 def _health_row(record: AttemptRecord, status: dict[str, Any] | None) -> dict[str, Any]:
-    status = status or {}
+    status = redact_value(status or {})  # the server's own words go into reports: keep secrets out
     services = protocol.field(status, "services")
     errors = protocol.field(status, "errors")
     if isinstance(services, dict):
@@ -188,7 +186,7 @@ async def _fresh_connection(target: Target, n: int) -> AttemptRecord:
     """One user's connection: an agent request at once or after readiness, then its answer."""
     p: Params = target.params
     condition = BATCH[n % 2]
-    conn = target.connection(f"factory-user-{n:03d}", condition=condition, extra=_columns())
+    conn = await target.connection(f"factory-user-{n:03d}", condition=condition, extra=_columns())
     request = {"type": "agent_request", "agent": "triage", "message": AGENT_MESSAGE}
     if await conn.open():
         if condition == SEND_AT_ONCE:
@@ -282,7 +280,7 @@ async def _attempts(target: Target, url: str, phase: str, origin: float,
         remaining = deadline - time.perf_counter()
         if remaining <= 0:
             break
-        conn = target.connection(f"factory-{phase.replace('_', '-')}", condition=phase,
+        conn = await target.connection(f"factory-{phase.replace('_', '-')}", condition=phase,
                                  extra=_columns(elapsed_ms(origin)),
                                  open_timeout_s=min(p.open_timeout_s, remaining))
         conn.url = url  # the restarted process listens elsewhere than the arm's server
@@ -441,6 +439,9 @@ def _no_factory_errors(judged: pd.DataFrame, factory_closed: pd.Series, health: 
     closes = int(factory_closed.sum())
     if not len(judged):
         return Check(name, False, "no connection attempts to judge")
+    if _col(judged, "t_open_ms").isna().all():  # the factory runs after the upgrade: nothing else can show it
+        return Check(name, False, f"none of {len(judged)} connection attempts upgraded ({outcome_counts(judged)}): "
+                                  f"no factory failure to judge")
     before_ready = int((factory_closed & _col(judged, "t_ready_ms").isna()).sum())
     evidence = f"{closes} of {len(judged)} connection attempts closed naming the factory or initialization"
     if closes:
@@ -592,10 +593,14 @@ def _reading(m: dict[str, Any]) -> str:
                  else f"It was ready {m['restart_time_to_ready_ms']:.0f} ms after the restart or reconnect.")
         return text
     if m.get("closed_1011"):
-        return (f"{m['closed_1011']} of {total} fresh connections closed 1011 without naming the factory, and health "
-                "says the factory is fine: look at the other root causes (race conditions, service dependencies).")
+        return (f"{m['closed_1011']} of {total} fresh connections closed 1011 without naming the factory, and no "
+                "health check reported a factory error: look at the other root causes (race conditions, service "
+                "dependencies).")
+    if not ready:
+        return (f"None of {total} fresh connections reached readiness, yet none closed naming the factory: nothing "
+                "here points at the factory; see how the attempts ended (authentication, reachability, silence).")
     text = f"{ready} of {total} fresh connections reached readiness with {m.get('distinct_connection_ids', 0)} " \
-           f"distinct connection ids, health reports the factory ok"
+           f"distinct connection ids, no health check reported a factory error"
     if m.get("restart_time_to_ready_ms") is not None:
         text += f", and the service was ready {m['restart_time_to_ready_ms']:.0f} ms after a restart or reconnect"
     return text + ": no sign of a factory initialization failure."

@@ -52,7 +52,7 @@ from typing import Any
 import pandas as pd
 
 from gp_lib import events, protocol
-from gp_lib.checks import Check
+from gp_lib.checks import Check, ratio_check
 from gp_lib.client import TracedConnection
 from gp_lib.protocol import AGENT_COMPLETED, AGENT_ERROR, AGENT_STARTED, EVENT_NAMES
 from gp_lib.scenarios.common import (CommonParams, Observation, ParameterError, ScenarioResult, Target,
@@ -152,7 +152,7 @@ async def _sequential(target: Target, deadline: float, bar: Any) -> list[Attempt
         if conn is None or not conn.is_open:
             if conn is not None:
                 records.append(await _finish(conn))
-            conn = target.connection(SEQUENTIAL_USER, condition="sequential")
+            conn = await target.connection(SEQUENTIAL_USER, condition="sequential")
             if not await _ready(conn):
                 records.append(await _finish(conn))
                 conn = None
@@ -171,7 +171,7 @@ async def _concurrent(target: Target, deadline: float, bar: Any) -> list[Attempt
     params: Params = target.params
     if not params.concurrent_users or not params.runs_per_user:
         return []
-    conns = [target.connection(f"events_concurrent_user_{n}", condition="concurrent")
+    conns = [await target.connection(f"events_concurrent_user_{n}", condition="concurrent")
              for n in range(1, params.concurrent_users + 1)]
     ready = await bounded_gather([partial(_ready, c) for c in conns], params.max_concurrency)
 
@@ -194,11 +194,11 @@ async def _reconnects(target: Target, deadline: float, bar: Any) -> list[Attempt
         if time.monotonic() >= deadline:
             break
         thread_id = _new_thread()
-        first = target.connection(RECONNECT_USER, condition="reconnect_drop", extra={"trial": trial})
+        first = await target.connection(RECONNECT_USER, condition="reconnect_drop", extra={"trial": trial})
         if await _ready(first) and await first.send(_request(params, thread_id, first.record.user_id)):
             await first.receive_until(partial(_started_or_failed, thread_id), params.event_timeout_s)
         records.append(await _finish(first))
-        second = target.connection(RECONNECT_USER, condition="reconnect_status", extra={"trial": trial})
+        second = await target.connection(RECONNECT_USER, condition="reconnect_status", extra={"trial": trial})
         asked = {"type": "status_request", "thread_id": thread_id, "user_id": second.record.user_id}
         if await _ready(second) and await second.send(asked):
             await second.receive_until(lambda m: protocol.is_status(m) or protocol.is_error(m),
@@ -372,12 +372,12 @@ def _completeness_check(runs: pd.DataFrame, complete: int, at_least: float) -> C
     total = len(runs)
     if not total:
         return Check(name, False, "no agent run was requested (no connection became ready): nothing to judge")
-    share = complete / total
-    evidence = f"{complete} of {total} runs showed all five events ({share:.0%}; need >= {at_least:.0%})"
+    check = ratio_check(name, complete, total, at_least=at_least, what="runs showed all five events")
     lacking = runs.loc[~runs["complete"].astype(bool), "missing"].value_counts()
-    if len(lacking):
-        evidence += "; " + "; ".join(f"{n} of {total} runs lacked {missing}" for missing, n in lacking.items())
-    return Check(name, share >= at_least, evidence)
+    if not len(lacking):
+        return check
+    return Check(name, check.passed, check.evidence + "; " + "; ".join(
+        f"{n} of {total} runs lacked {missing}" for missing, n in lacking.items()))
 
 
 def _order_check(observed: pd.DataFrame, bad: int) -> Check:

@@ -32,7 +32,6 @@ whether the deadline let it run.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -41,10 +40,10 @@ from typing import Any
 
 import pandas as pd
 
-from gp_lib import protocol
+from gp_lib import events, protocol
 from gp_lib.checks import Check, ratio_check
 from gp_lib.scenarios.common import (CommonParams, Observation, ParameterError, ScenarioResult, Target,
-                                     bounded_gather, list_field, run_scenario)
+                                     bounded_gather, list_field, outcome_counts, run_scenario)
 from gp_lib.trace import AttemptRecord, connection_metrics
 
 NAME = "race_conditions"
@@ -85,7 +84,7 @@ class Params(CommonParams):
         if max(self.concurrency_levels) > self.max_concurrency:
             raise ParameterError(f"concurrency_levels holds {max(self.concurrency_levels)}, above "
                                  f"max_concurrency={self.max_concurrency}")
-        for name in ("sweep_repeats", "burst_messages"):
+        for name in ("sweep_repeats", "burst_connections", "burst_messages", "rapid_cycles"):
             if getattr(self, name) < 1:
                 raise ParameterError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("min_success_rate", "min_cycle_rate"):
@@ -158,7 +157,7 @@ async def _attempt(target: Target, batch: Batch, index: int) -> AttemptRecord:
     params: Params = target.params
     extra = {"phase": batch.phase, "concurrency": batch.concurrency, "send_delay_ms": batch.send_delay_ms,
              "wait_ready": batch.wait_ready, "repeat": batch.repeat}
-    conn = target.connection(f"race_test_user_{index + 1}", condition=batch.condition, extra=extra)
+    conn = await target.connection(f"race_test_user_{index + 1}", condition=batch.condition, extra=extra)
     if await conn.open():
         if not batch.wait_ready or await conn.wait_ready():
             if batch.phase == "early_burst":
@@ -219,8 +218,8 @@ def early_messages(attempts: pd.DataFrame, frames: pd.DataFrame) -> pd.DataFrame
         sent = own[(own["direction"] == "sent") & (own["type"] != protocol.HANDSHAKE_ACK)]
         pending = [{"attempt_id": attempt_id, "message_type": kind, "t_sent_ms": t, "answered": False,
                     "answer_type": None, "t_answer_ms": None} for kind, t in zip(sent["type"], sent["t_ms"])]
-        for kind, t, payload in own.loc[own["direction"] == "received", ["type", "t_ms", "payload"]].itertuples(False):
-            message = _decode(payload) or {"type": kind}
+        for frame in own[own["direction"] == "received"].to_dict(orient="records"):
+            message, kind, t = events.message_of(frame), frame["type"], frame["t_ms"]
             if kind == "ack":
                 named = protocol.field(message, "received_type")
                 row = next((r for r in pending if not r["answered"] and r["message_type"] == named), None)
@@ -292,8 +291,11 @@ def evaluate(observation: Observation, params: Params) -> tuple[list[Check], dic
     evidence_1011 = (f"{failed} of {total} attempts closed 1011: {failed_early} of {len(early)} that sent before "
                      f"readiness, {failed_waited} of {len(waited)} that waited for it"
                      + (f"; latest failing send delay {window:g} ms" if window is not None else ""))
+    if not len(opened):  # a 1011 needs an upgrade: nothing that never connected can show one
+        evidence_1011 = f"none of {total} attempts upgraded ({outcome_counts(attempts)}): no 1011 to judge" if total \
+            else "no attempts to judge"
     checks = [
-        Check("no_1011_closes", total > 0 and failed == 0, evidence_1011 if total else "no attempts to judge"),
+        Check("no_1011_closes", len(opened) > 0 and failed == 0, evidence_1011),
         ratio_check("success_rate", ok, total, at_least=params.min_success_rate, what="attempts succeeded"),
         Check("mean_connect_time", mean_connect is not None and mean_connect < params.max_mean_connect_ms,
               f"mean upgrade time {mean_connect:.1f} ms over {len(opened)} upgraded attempts "
@@ -356,14 +358,6 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def _decode(payload: Any) -> dict[str, Any] | None:
-    try:
-        message = json.loads(payload)
-    except (TypeError, ValueError):
-        return None
-    return message if isinstance(message, dict) else None
-
-
 # -- reading a result ------------------------------------------------------------------------
 
 def interpret(result: ScenarioResult) -> str:
@@ -387,6 +381,9 @@ def _interpret_arm(arm: str, m: dict[str, Any], longest_delay_ms: float) -> str:
     who = {"faulty": "With the fault injected", "fixed": "With the fix", "live": "Against the target"}[arm]
     if not m.get("attempts"):
         return f"{who}, no attempt was made."
+    if not m.get("closed_1011") and not m.get("ok"):
+        return (f"{who}, none of {m['attempts']} attempts closed 1011, but none succeeded either: they ended "
+                f"otherwise (see the close codes: authentication, timeouts), so nothing can be said about the race.")
     if not m.get("closed_1011"):
         return (f"{who}, none of {m['attempts']} attempts closed 1011, including {m['attempts_early_send']} that "
                 f"sent before the readiness marker: early messages are queued, no handshake race is visible. "

@@ -47,6 +47,7 @@ import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -54,6 +55,7 @@ import pandas as pd
 
 from gp_lib import protocol
 from gp_lib.checks import Check
+from gp_lib.client import LOOPBACK
 from gp_lib.protocol import AGENT_COMPLETED, AGENT_STARTED, SERVICES
 from gp_lib.redact import redact
 from gp_lib.scenarios.common import (CommonParams, Observation, ParameterError, ScenarioResult, Target,
@@ -181,7 +183,7 @@ async def drive(target: Target) -> Observation:
             try:
                 if params.health_probes:
                     probes += await probe_health(target.url, condition, params.open_timeout_s)
-                jobs = [_job(target, r, len(records) + n) for n, r in
+                jobs = [partial(send_request, target, r, len(records) + n) for n, r in
                         enumerate(r for r in requests for _ in range(params.requests_per_condition))]
                 records += await bounded_gather(jobs, params.max_concurrency, bar)
             finally:
@@ -196,14 +198,10 @@ async def drive(target: Target) -> Observation:
     return observation
 
 
-def _job(target: Target, request: Request, number: int):
-    return lambda: send_request(target, request, number)
-
-
 async def send_request(target: Target, request: Request, number: int) -> AttemptRecord:
     """Request `number` of the arm, on its own connection, answered or not within the deadline."""
     params: Params = target.params
-    conn = target.connection(f"service_dep_test_user_{number + 1}", condition=request.condition,
+    conn = await target.connection(f"service_dep_test_user_{number + 1}", condition=request.condition,
                              extra={"request": request.kind, "flags": ",".join(request.flags),
                                     "service_down": request.service_down})
     async with conn:
@@ -345,9 +343,14 @@ async def probe_health(ws_url: str, condition: str, timeout_s: float) -> list[di
             for (path, url), (status, answer) in zip(urls, answers)]
 
 
+#: Health probes to loopback go direct, as the WebSocket client's connections do; others use the environment's proxy.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def _get(url: str, timeout_s: float) -> tuple[int | None, str]:
+    opener = _DIRECT if urlsplit(url).hostname in LOOPBACK else urllib.request.build_opener()
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        with opener.open(url, timeout=timeout_s) as response:
             return response.status, health_answer(response.read(8192))
     except urllib.error.HTTPError as exc:
         try:

@@ -105,7 +105,7 @@ class AdminServer:
         try:
             changes = json.loads(body or b"{}")
             self.server.faults = self.server.faults.merged(changes)
-        except ValueError as exc:  # JSONDecodeError is a ValueError too
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError too
             return 400, {"error": str(exc)}
         logger.info("faults now %s", self.server.faults.active or "none")
         return 200, self.server.faults.to_dict()
@@ -123,7 +123,7 @@ class AdminServer:
             return 401, {"error": "missing or invalid X-E2E-Bypass-Key"}
         try:
             payload = json.loads(body or b"null")
-        except ValueError:
+        except (ValueError, RecursionError):
             payload = None
         email = payload.get("email") if isinstance(payload, dict) else None
         if not isinstance(email, str) or not email.strip():

@@ -36,6 +36,7 @@ def test_the_diagnosis_comes_before_everything_else():
 @pytest.mark.parametrize("values, named", [
     ({"scenarios": ["race_conditions", "nope"]}, "scenarios: unknown scenario 'nope'"),
     ({"scenarios": []}, "scenarios must be a non-empty list"),
+    ({"scenarios": [["race_conditions"]]}, "scenarios: unknown scenario ['race_conditions']"),
     ({"max_concurrency": 5}, "race_conditions (with the triage's quick counts): concurrency_levels holds 10"),
     ({"receive_timeout_s": 0}, "receive_timeout_s must be greater than zero"),
 ])

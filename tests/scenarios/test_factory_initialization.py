@@ -183,6 +183,37 @@ def test_unanswered_health_checks_fail():
     assert "2 got no system_status" in checks["health_reports_ok"].evidence
 
 
+def test_attempts_that_never_upgraded_cannot_pass_the_factory_check():
+    refused = [_attempt(n, fi.BATCH[n % 2], outcome="refused", ready=False) for n in range(4)]
+    checks, _ = _evaluate(refused, _health(2, None))
+    assert not checks["no_factory_errors"].passed
+    assert checks["no_factory_errors"].evidence == ("none of 4 connection attempts upgraded (4 refused): "
+                                                    "no factory failure to judge")
+
+
+def test_a_health_answer_that_echoes_a_secret_is_redacted():
+    from gp_lib.redact import register_secret
+
+    secret = "factory-health-test-secret-0123456789"
+    register_secret(secret)
+    status = {"type": "system_status", "factory_status": "error",
+              "services": {"database": f"down (dsn postgres://app:{secret}@db)"}, "errors": [f"bad key {secret}"]}
+    row = fi._health_row(AttemptRecord("h1", user_id="h"), status)
+    assert secret not in str(row) and row["factory_status"] == "error"
+    assert row["errors"] == "bad key <redacted>"
+
+
+def test_the_reading_claims_no_health_it_did_not_see():
+    rejected = [_attempt(n, fi.BATCH[n % 2], outcome="auth_rejected", ready=False) for n in range(4)]
+    _, metrics = _evaluate(rejected, _health(1, None))
+    text = fi._reading(metrics)
+    assert text.startswith("None of 4 fresh connections reached readiness, yet none closed naming the factory")
+    assert "factory ok" not in text and "no sign of a factory" not in text
+    _, metrics = _evaluate(_batch() + _recovered(), _health(1, None))
+    assert "4 of 4 fresh connections reached readiness" in fi._reading(metrics)
+    assert "health reports the factory ok" not in fi._reading(metrics)
+
+
 def test_nothing_to_judge_fails_without_raising():
     checks, metrics = _evaluate([], _health(0))
     assert not any(c.passed for c in checks.values())

@@ -179,6 +179,16 @@ def test_no_traffic_fails_every_check_without_crashing():
     assert metrics["attempts"] == 0 and metrics["race_window_ms"] is None
 
 
+def test_attempts_that_never_upgraded_cannot_pass_the_1011_check():
+    extra = {"phase": "sweep", "concurrency": 1, "send_delay_ms": 0.0, "wait_ready": False, "repeat": 0}
+    refused = [AttemptRecord(f"a{k}", condition="send_at_delay", outcome=outcome, handshake_status=status,
+                             t_close_ms=1.0, extra=extra)
+               for k, (outcome, status) in enumerate([("refused", None)] * 3 + [("auth_rejected", 401)])]
+    check = _by_name(_evaluate(refused)[0])["no_1011_closes"]
+    assert not check.passed
+    assert check.evidence == "none of 4 attempts upgraded (3 refused, 1 auth_rejected): no 1011 to judge"
+
+
 # -- parameters, plan, faults -----------------------------------------------------------------
 
 @pytest.mark.parametrize("changes, named", [
@@ -189,7 +199,12 @@ def test_no_traffic_fails_every_check_without_crashing():
     ({"send_delays_ms": [0, -5]}, "send_delays_ms"),
     ({"send_delays_ms": [0, "soon"]}, "send_delays_ms"),
     ({"sweep_repeats": 0}, "sweep_repeats"),
+    ({"sweep_repeats": 1.5}, "sweep_repeats"),
+    ({"burst_connections": 0}, "burst_connections"),
     ({"burst_messages": 0}, "burst_messages"),
+    ({"rapid_cycles": 0}, "rapid_cycles"),
+    ({"rapid_cycles": 2.5}, "rapid_cycles"),
+    ({"max_concurrency": 25.5}, "max_concurrency"),
     ({"min_success_rate": 80}, "min_success_rate"),
     ({"deadline_s": 0}, "deadline_s"),
 ])
@@ -241,6 +256,13 @@ def test_interpretation_follows_the_numbers():
     not_a_race = _clean_records()
     not_a_race[1] = _attempt(1, condition="wait_ready", outcome="closed_1011")
     assert "not (only) the handshake race" in rc.interpret(_result({"live": not_a_race}))
+
+
+def test_interpretation_claims_no_queuing_when_nothing_succeeded():
+    rejected = [_attempt(k, outcome="auth_rejected") for k in range(4)]
+    text = rc.interpret(_result({"live": rejected}))
+    assert "none of 4 attempts closed 1011, but none succeeded either" in text
+    assert "queued" not in text
 
 
 @pytest.mark.parametrize("figure", ["rate_1011_by_delay", "handshake_ecdf", "attempt_timeline", "close_codes"])

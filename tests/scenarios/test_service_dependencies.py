@@ -229,10 +229,18 @@ async def test_a_health_probe_nobody_answers_is_evidence_not_an_error():
     assert all(r["status"] is None and r["answer"].startswith("no answer") for r in rows)
 
 
+async def test_health_probes_to_loopback_bypass_the_environment_proxy(monkeypatch):
+    with running_server({}) as server:
+        monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{free_port()}")  # a proxy nobody runs
+        rows = await sd.probe_health(server.url, "healthy", 2.0 * SCALE)
+    assert [(r["path"], r["status"]) for r in rows] == [("/health", 200), ("/ws/health", 200)]
+
+
 # -- parameters --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("changes, name", [
     ({"requests_per_condition": 0}, "requests_per_condition"),
+    ({"requests_per_condition": 1.5}, "requests_per_condition"),
     ({"outages": ["agent_supervisor", "redis"]}, "outages"),
     ({"outages": ["database", "database"]}, "outages"),
     ({"reference_fault": "crash"}, "reference_fault"),
@@ -381,3 +389,13 @@ def test_figures_of_a_run_that_sent_nothing_say_so_on_each_arm():
     assert [[t.get_text() for t in ax.texts] for ax in timings.axes] == [["no requests sent"]] * 2
     plt.close(matrix)
     plt.close(timings)
+
+
+def test_the_outcome_matrix_labels_an_arm_whose_attempts_carry_no_request_columns():
+    from gp_lib.plots import dependencies as plots
+
+    bare = AttemptRecord("a1", condition=sd.HEALTHY, outcome="refused", t_close_ms=1.0)
+    result = ScenarioResult(sd.NAME, "live", None, {"receive_timeout_s": 1.0},
+                            {"live": Observation.from_records("live", [bare])}, {}, {}, [], {}, "", "")
+    figure = plots.outcome_matrix(result)
+    assert [t.get_text() for t in figure.axes[0].texts] == ["no requests"]

@@ -75,6 +75,7 @@ def test_post_merges_like_put_and_reset_restores_the_start(server):
     status, reply = http_json("POST", server.admin_url + "/faults", {"events": "misroute"})
     assert status == 200 and reply["events"] == "misroute" and reply["setup_ms"] == 30
     assert http_json("POST", server.admin_url + "/faults", raw=b"{not json")[0] == 400
+    assert http_json("POST", server.admin_url + "/faults", raw=b"[" * 60_000)[0] == 400
     assert http_json("POST", server.admin_url + "/faults/reset")[1] == Faults(setup_ms=30).to_dict()
 
 
@@ -134,8 +135,9 @@ def test_e2e_auth_refusals(server, headers, body, expected):
     assert status == expected and reply["error"]
 
 
-def test_e2e_auth_refuses_non_json_body_with_422(server):
-    status, _ = http_json("POST", server.auth_url + E2E, raw=b"email=qa", headers={"X-E2E-Bypass-Key": BYPASS_KEY})
+@pytest.mark.parametrize("body", [b"email=qa", b"[" * 60_000])
+def test_e2e_auth_refuses_non_json_body_with_422(server, body):
+    status, _ = http_json("POST", server.auth_url + E2E, raw=body, headers={"X-E2E-Bypass-Key": BYPASS_KEY})
     assert status == 422
 
 

@@ -52,11 +52,13 @@ def _bad_tokens(wire: Wire) -> dict[str, tuple[str, str]]:
         "no_token_type": (wire.token("alice", extra_claims={"token_type": None}), "token_type"),
         "future_iat": (wire.token("alice", now=now + 3600), "future"),
         "malformed": ("this-is-not-a-jwt", "malformed"),
+        # a header PyJWT refuses (kid must be a string): the first part is {"alg": "HS256", "kid": 5}
+        "bad_header": ("eyJhbGciOiAiSFMyNTYiLCAia2lkIjogNX0.eyJzdWIiOiAiYWxpY2UifQ.c2ln", "malformed"),
     }
 
 
 @pytest.mark.parametrize("case", ["bad_signature", "expired", "wrong_issuer", "no_token_type", "future_iat",
-                                  "malformed"])
+                                  "malformed", "bad_header"])
 @pytest.mark.parametrize("transport", ["header", "subprotocol"])
 async def test_invalid_token_gets_auth_failed_then_1008(wire, case, transport):
     token, problem = _bad_tokens(wire)[case]

@@ -45,7 +45,8 @@ async def test_unknown_type_is_acknowledged_not_closed(wire):
         assert (await session.recv())["type"] == "pong"
 
 
-@pytest.mark.parametrize("garbage", ["this is not json", '{"no_type": true}', "[1, 2]", b"\xff\xfe binary"])
+@pytest.mark.parametrize("garbage", ["this is not json", '{"no_type": true}', "[1, 2]", b"\xff\xfe binary",
+                                     "[" * 100_000 + "]" * 100_000])
 async def test_garbage_frame_gets_an_error_frame_not_a_close(wire, garbage):
     async with wire.session() as session:
         await session.ws.send(garbage)

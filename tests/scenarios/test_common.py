@@ -1,0 +1,100 @@
+"""What every scenario shares: parameters, staging credentials, the unreachable verdict."""
+
+import pytest
+
+from gp_lib import auth
+from gp_lib.scenarios import missing_events
+from gp_lib.scenarios.common import ParameterError, run_scenario
+from gp_lib.target import running_server
+
+BYPASS = "bypass-key-for-common-tests"
+
+
+def _staging(server, **overrides):
+    return missing_events.Params.from_mapping({
+        "target_url": server.url, "env": "staging", "auth_url": server.auth_url, "bypass_key_env": "GP_TEST_BYPASS",
+        "sequential_runs": 1, "concurrent_users": 1, "runs_per_user": 1, "reconnect_trials": 1, **overrides})
+
+
+async def test_staging_tokens_come_from_the_auth_service(monkeypatch):
+    monkeypatch.setenv("GP_TEST_BYPASS", BYPASS)
+    with running_server({"agent_step_ms": 2}, bypass_key=BYPASS) as server:
+        result = await run_scenario(missing_events, _staging(server))
+    assert result.verdict == "pass", result.checks
+    users = set(result.attempts["user_id"])
+    assert users and all(u.startswith("e2e_") for u in users)  # the ids the auth service gave, not ours
+
+
+async def test_a_wrong_bypass_key_stops_the_run_before_any_traffic(monkeypatch):
+    monkeypatch.setenv("GP_TEST_BYPASS", "not-the-key")
+    with running_server(bypass_key=BYPASS) as server:
+        with pytest.raises(auth.AuthError, match="answered 401"):
+            await run_scenario(missing_events, _staging(server))
+        assert server.stats()["connections_total"] == 0
+
+
+@pytest.mark.parametrize("values, name", [({"sequential_runs": -1}, "sequential_runs"),
+                                          ({"target_url": "http://127.0.0.1/ws"}, "target_url"),
+                                          ({"env": "prod"}, "env"), ({"warp": 9}, "warp")])
+def test_bad_parameters_name_themselves(values, name):
+    with pytest.raises(ParameterError, match=name):
+        missing_events.Params.from_mapping(values)
+
+
+def test_an_unknown_dialect_is_refused_before_any_server_starts():
+    with pytest.raises(ParameterError, match="dialect: .*klingon"):
+        missing_events.Params.from_mapping({"dialect": "klingon"})
+
+
+def test_a_secret_pasted_where_its_variable_name_belongs_is_refused_and_not_echoed():
+    pasted = "s3cr3t-value/with+base64=="
+    with pytest.raises(ParameterError, match="jwt_secret_env must be the NAME") as raised:
+        missing_events.Params.from_mapping({"jwt_secret_env": pasted})
+    assert pasted not in str(raised.value)
+
+
+async def test_an_unreachable_target_is_an_error_not_a_failure(monkeypatch):
+    from gp_lib.target import free_port
+
+    monkeypatch.setenv("GP_TEST_SECRET", "a-secret-for-an-unreachable-target")
+    params = missing_events.Params.from_mapping({
+        "target_url": f"ws://127.0.0.1:{free_port()}/ws", "jwt_secret_env": "GP_TEST_SECRET", "sequential_runs": 1,
+        "concurrent_users": 1, "runs_per_user": 1, "reconnect_trials": 1})
+    result = await run_scenario(missing_events, params)
+    assert result.verdict == "error" and result.error.startswith("target unreachable: none of")
+    assert "refused" in result.error
+
+
+async def test_bounded_gather_caps_concurrency_keeps_order_and_cancels_on_failure():
+    import asyncio
+
+    from gp_lib.scenarios.common import bounded_gather
+
+    running, peak, cancelled = 0, 0, []
+    release, never = asyncio.Event(), asyncio.Event()
+
+    def job(n, gate=release, fail=False):
+        async def run():
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            try:
+                if fail:
+                    raise RuntimeError("auth service went away")
+                await gate.wait()
+                return n
+            except asyncio.CancelledError:
+                cancelled.append(n)
+                raise
+            finally:
+                running -= 1
+        return run
+
+    gathering = asyncio.ensure_future(bounded_gather([job(n) for n in range(10)], 3))
+    while peak < 3:
+        await asyncio.sleep(0)
+    release.set()
+    assert await gathering == list(range(10)) and peak == 3
+    with pytest.raises(ExceptionGroup):      # the others wait on an event never set: only cancelling ends them
+        await bounded_gather([job(0, never), job(1, fail=True), job(2, never)], 3)
+    assert sorted(cancelled) == [0, 2]
