@@ -105,8 +105,6 @@ def load_trace(path: str | Path) -> Trace:
         attempts, frames = load_jsonl(path)
     except ValueError as exc:
         raise TraceError(str(exc)) from None
-    except KeyError as exc:
-        raise TraceError(f"{path}: attempt records lack the column {exc}") from None
     if attempts.empty and frames.empty:
         raise TraceError(f"{path}: holds no attempts and no frames")
     columns = dict.fromkeys([*ATTEMPT_COLUMNS, *attempts.columns])  # a trace written by other tools may lack some

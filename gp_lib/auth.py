@@ -12,6 +12,7 @@ import binascii
 import contextlib
 import http.client
 import json
+import math
 import os
 import threading
 import time
@@ -138,12 +139,12 @@ def inspect_token(token: str, secret: str | None = None, *, now: float | None = 
     if algorithm != ALGORITHM:
         problems.append(f"unsupported algorithm {algorithm!r} (expected {ALGORITHM})")
     exp, iat = claims.get("exp"), claims.get("iat")
-    if not isinstance(exp, (int, float)):
-        problems.append("no exp claim")
+    if not _finite_number(exp):
+        problems.append("no exp claim" if exp is None else f"exp claim {exp!r} is not a time")
     elif exp <= now:
         problems.append(f"expired {_ago(now - exp)} ago")
-    if not isinstance(iat, (int, float)):
-        problems.append("no iat claim")
+    if not _finite_number(iat):
+        problems.append("no iat claim" if iat is None else f"iat claim {iat!r} is not a time")
     elif iat > now + CLOCK_SKEW_S:
         problems.append(f"issued in the future ({_ago(iat - now)} ahead, more than {CLOCK_SKEW_S} s of clock skew)")
     elif now - iat > MAX_AGE_S:
@@ -178,6 +179,10 @@ def verify_token(token: str, secret: str, *, now: float | None = None, issuer: s
     if report.problems:
         raise TokenError(report.problems[0])
     return report.claims
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _ago(seconds: float) -> str:
@@ -255,7 +260,7 @@ class StagingTokenSource:
         self.bypass_key_env = bypass_key_env
         self.timeout_s = timeout_s
         self.refresh_margin_s = refresh_margin_s
-        self._cache: dict[str, tuple[str, float, str]] = {}
+        self._cache: dict[tuple[str, tuple[str, ...]], tuple[str, float, str]] = {}
         self._lock = threading.Lock()
 
     def token(self, email: str, name: str | None = None,
@@ -265,13 +270,14 @@ class StagingTokenSource:
         Raises:
             AuthError: naming the status or network failure and what to do.
         """
+        key = (email, tuple(sorted(permissions)))
         with self._lock:
-            cached = self._cache.get(email)
+            cached = self._cache.get(key)
             if cached and cached[1] - self.refresh_margin_s > time.time():
                 return cached[0], cached[2]
         token, expires_at, user_id = self._fetch(email, name or email.split("@")[0], list(permissions))
         with self._lock:
-            self._cache[email] = (token, expires_at, user_id)
+            self._cache[key] = (token, expires_at, user_id)
         return token, user_id
 
     def _fetch(self, email: str, name: str, permissions: list[str]) -> tuple[str, float, str]:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from gp_lib import diagnosis, report
+from gp_lib.checks import overall_verdict
 from gp_lib.params import Layered, resolve
 from gp_lib.redact import redact, register_secret
 from gp_lib.scenarios.common import ParameterError
@@ -268,7 +269,7 @@ def run_plan(plan: Plan) -> dict[str, Any]:
         "target": first.target_url,
         "started_at": started_at,
         "finished_at": _now(),
-        "verdict": report.run_verdict(o.verdict for o in ordered),
+        "verdict": overall_verdict(o.verdict for o in ordered),
         "scenarios": {o.entry.scenario: scenario_summary(o) for o in ordered},
         "diagnosis": diagnosis.combine({o.entry.scenario: o.scraps for o in ordered}, base_dir=plan.notebooks_dir),
     }

@@ -36,6 +36,15 @@ def verdict(checks: Iterable[Check]) -> str:
     return PASS if all(c.passed for c in checks) else FAIL
 
 
+def overall_verdict(verdicts: Iterable[str]) -> str:
+    """The verdict of several scenarios: `error` if any could not be run, else `fail` if any failed,
+    else `pass`; nothing judged at all is an `error`."""
+    verdicts = list(verdicts)
+    if not verdicts or ERROR in verdicts:
+        return ERROR
+    return FAIL if FAIL in verdicts else PASS
+
+
 def ratio_check(name: str, count: int, total: int, *, at_least: float, what: str) -> Check:
     """Pass when count/total reaches `at_least`; evidence like '17 of 20 attempts succeeded (85%; need >= 80%)'."""
     share = count / total if total else 0.0

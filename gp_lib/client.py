@@ -33,6 +33,7 @@ from gp_lib.trace import AttemptRecord, frame_row
 
 Predicate = Callable[[dict[str, Any]], bool]
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+MAX_UNREAD = 10_000  # messages kept for the caller to read; more are counted but dropped
 #: Why the library fails a connection whose peer broke WebSocket framing (it then closes 1002, 1007 or 1009 itself).
 PEER_VIOLATIONS = (ProtocolError, PayloadTooBig, TooManyFragments, UnicodeDecodeError)
 
@@ -214,7 +215,8 @@ class TracedConnection:
         if record.close_code == protocol.INTERNAL_ERROR:  # the server's own frame said 1011, even if ours crossed it
             record.outcome = "closed_1011"
         elif record.closed_by in ("server", "none"):
-            if record.close_code == protocol.POLICY_VIOLATION and (self._auth_error_seen or not self.is_ready):
+            if record.close_code == protocol.POLICY_VIOLATION and protocol.is_auth_close(
+                    record.close_reason, self._auth_error_seen, self.is_ready):
                 record.outcome = "auth_rejected"
             else:
                 record.outcome = "closed_other"
@@ -276,8 +278,8 @@ class TracedConnection:
                     self._mark("ready")
                     self._ready.set()
                     continue
-                if message["type"] == "heartbeat":
-                    continue
+                if message["type"] == "heartbeat" or self._inbox.qsize() >= MAX_UNREAD:
+                    continue  # a flood nobody reads is counted in frames_received, not kept
                 self._inbox.put_nowait(message)
         except ConnectionClosed as exc:
             if isinstance(exc.__cause__, PEER_VIOLATIONS):  # the peer broke framing; the library failed the connection

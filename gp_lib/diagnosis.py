@@ -111,7 +111,6 @@ MAX_CONFIDENCE = 0.99
 FACTORY_WORDS = ("factory", "initializ")
 DEPENDENCY_WORDS = ("not ready", "unavailable", "supervisor", "thread_service", "thread service", "llm",
                     "database", "dependenc")
-AUTH_WORDS = ("auth", "token", "jwt", "credential", "signature", "expired", "forbidden")
 #: Problem kinds of an authentication rejection, by words in what the server said; the first match wins.
 AUTH_KINDS = (
     ("expired token", ("expired", "exp claim")),
@@ -347,8 +346,8 @@ def _prepare(attempts: pd.DataFrame, frames: pd.DataFrame | None) -> _Evidence:
     received["message"] = [events.message_of(row) for row in received.to_dict(orient="records")]
     a["said"], a["text"] = _attempt_texts(a, received)
     policy = a["close_code"] == protocol.POLICY_VIOLATION
-    said_auth = a["text"].map(lambda text: any(word in text for word in AUTH_WORDS))
-    # the client counts any 1008 before readiness as auth_rejected; a 1008 that names a limit is not auth
+    said_auth = a["text"].map(protocol.names_auth)
+    # an unexplained 1008 before readiness is auth_rejected (protocol.is_auth_close); one naming a limit is not
     a["rejected"] = (a["handshake_status"].isin([401, 403]) | (policy & said_auth)
                      | ((a["outcome"] == "auth_rejected") & (~policy | said_auth)))
     status, offered = a["handshake_status"], a["auth_transport"].isin(["both", "subprotocol"])

@@ -20,8 +20,8 @@ module maps such a file onto the toolkit's tables:
 | `opcode` 9, 10 and `type` "error" | marks (`ping`, `pong`, `error`) |
 
 Outcome, inferred plainly: no 101 gives `auth_rejected` (401, 403) or
-`refused`; a recorded close gives `closed_1011`, `auth_rejected` (1008 before
-readiness or after an auth error), `ok` (1000) or `closed_other`; with no
+`refused`; a recorded close gives `closed_1011`, `auth_rejected` (1008 after an
+auth error, naming auth, or unexplained before readiness), `ok` (1000) or `closed_other`; with no
 close recorded: `auth_rejected` after an auth error frame, `ready_timeout`
 without a readiness marker, else `ok`.
 
@@ -258,7 +258,8 @@ def _outcome(record: AttemptRecord, upgraded: bool, auth_error: bool) -> str:
     code = record.close_code
     if code == protocol.INTERNAL_ERROR:
         return "closed_1011"
-    if auth_error or (code == protocol.POLICY_VIOLATION and record.t_ready_ms is None):
+    if auth_error or (code == protocol.POLICY_VIOLATION
+                      and protocol.is_auth_close(record.close_reason, auth_error, record.t_ready_ms is not None)):
         return "auth_rejected"
     if code is not None:
         return "ok" if code == 1000 else "closed_other"

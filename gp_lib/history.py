@@ -30,6 +30,8 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
+from gp_lib.checks import overall_verdict
+
 SUMMARY = "summary.json"
 VERDICT_RANK = {"pass": 0, "fail": 1, "error": 2}
 ARMS = ("faulty", "fixed")
@@ -134,7 +136,7 @@ def _from_summary(path: Path) -> Run:
     diagnosis = data.get("diagnosis") or []
     if not isinstance(diagnosis, list):
         raise RunError(f"{path}: 'diagnosis' must be a list")
-    verdict = data.get("verdict") or _overall([s["verdict"] for s in scenarios.values()])
+    verdict = data.get("verdict") or overall_verdict(s["verdict"] for s in scenarios.values())
     if verdict not in VERDICT_RANK:
         raise RunError(f"{path}: verdict must be pass, fail or error, not {verdict!r}")
     return Run(path=path.parent, run_id=str(data.get("run_id") or path.parent.name),
@@ -196,13 +198,8 @@ def _from_notebooks(path: Path, notebooks: Sequence[Path]) -> Run:
         strongest.setdefault(finding.get("root_cause"), finding)
     return Run(path=path, run_id=path.name, started_at=min(starts) if starts else None,
                mode=_only(modes), target=_only(targets),
-               verdict=_overall([s["verdict"] for s in scenarios.values()]), scenarios=scenarios,
+               verdict=overall_verdict(s["verdict"] for s in scenarios.values()), scenarios=scenarios,
                diagnosis=list(strongest.values()), source="scrapbook")
-
-
-def _overall(verdicts: Iterable[str]) -> str:
-    verdicts = list(verdicts)
-    return max(verdicts, key=VERDICT_RANK.__getitem__) if verdicts else "error"
 
 
 def _only(values: set[Any]) -> str | None:

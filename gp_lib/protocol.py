@@ -60,6 +60,8 @@ CLOSE_CODES = {
 INTERNAL_ERROR = 1011
 POLICY_VIOLATION = 1008
 
+AUTH_WORDS = ("auth", "token", "jwt", "credential", "signature", "expired", "forbidden")
+
 # Phrases that make an error readable by a user of the chat: it says the
 # service is down for now and what to do. "Service not ready: llm_service" is
 # not one of them: it names internals and offers nothing.
@@ -206,6 +208,24 @@ def is_fallback_completion(message: dict[str, Any]) -> bool:
         return False
     lowered = message_text(message).lower()
     return "fallback" in lowered or "degraded" in lowered or "temporarily unavailable" in lowered
+
+
+def is_auth_close(reason: str | None, auth_error_seen: bool, ready: bool) -> bool:
+    """Whether a 1008 close was an authentication rejection rather than a limit or protocol complaint.
+
+    1008 also means "connection or rate limit": an auth error frame or a
+    reason that names auth settles it; an empty reason before readiness is
+    taken as auth, the common case; any other reason is not.
+    """
+    if auth_error_seen or names_auth(reason or ""):
+        return True
+    return not reason and not ready
+
+
+def names_auth(text: str) -> bool:
+    """True when text is about authentication (a token, a signature, credentials)."""
+    lowered = text.lower()
+    return any(word in lowered for word in AUTH_WORDS)
 
 
 def is_auth_failure(message: dict[str, Any]) -> bool:

@@ -188,12 +188,6 @@ def _header(context: ReportContext) -> str:
 
 # -- summary.json and junit.xml -------------------------------------------------------------
 
-def run_verdict(verdicts: Iterable[str]) -> str:
-    """`error` if any scenario could not be run, else `fail` if any failed, else `pass`."""
-    verdicts = list(verdicts)
-    return "error" if "error" in verdicts else "fail" if "fail" in verdicts else "pass"
-
-
 def summary_json(summary: Mapping[str, Any]) -> str:
     """summary.json's text, secrets redacted."""
     return json.dumps(redact_value(summary), indent=2) + "\n"

@@ -7,7 +7,7 @@ uses these names.
 * ``closed_1011``      the server closed with 1011 (internal error): the incident class
 * ``closed_other``     the server closed with another code, or the connection dropped (1006)
 * ``auth_rejected``    HTTP 401/403 instead of the upgrade, or a server close 1008 after an AUTH
-                       error frame or before readiness (diagnosis tells a 1008 that names a limit apart)
+                       error frame, naming auth, or unexplained before readiness (a limit is closed_other)
 * ``refused``          TCP refused, or the upgrade answered with another HTTP status
 * ``dns_error``        the host name did not resolve
 * ``tls_error``        the TLS handshake failed
@@ -217,12 +217,12 @@ def load_jsonl(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             except RecursionError:
                 raise ValueError(f"{path}:{number}: not JSON (nested too deeply)") from None
             kind = row.pop("record", None) if isinstance(row, dict) else None
-            if kind == "attempt":
-                attempts.append(row)
-            elif kind == "frame":
-                frames.append(row)
-            else:
+            if kind not in ("attempt", "frame"):
                 raise ValueError(f"{path}:{number}: record is neither 'attempt' nor 'frame'")
+            problem = _field_problem(row)
+            if problem:
+                raise ValueError(f"{path}:{number}: {problem}")
+            (attempts if kind == "attempt" else frames).append(row)
     attempt_table = pd.DataFrame(attempts) if attempts else empty_attempts()
     missing = [name for name in (*_TIMES, *_CODES) if name not in attempt_table]
     if missing:  # the figures every check reads; other columns may be absent
@@ -232,6 +232,24 @@ def load_jsonl(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         if name not in frame_table:
             frame_table[name] = None
     return _typed(attempt_table), frame_table
+
+
+def _field_problem(row: dict[str, Any]) -> str | None:
+    """What is wrong with a record's fields, if anything: every value a scalar, times
+    numbers, codes whole numbers of a sane size (a trace may come from anywhere)."""
+    for name, value in row.items():
+        if isinstance(value, (dict, list)):
+            return f"field {name!r} holds a {type(value).__name__}, not a single value"
+    for name in _TIMES:
+        value = row.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"field {name!r} must be a number of milliseconds or null, not {value!r}"
+    for name in _CODES:
+        value = row.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or value != int(value) or not 0 <= value < 100_000):
+            return f"field {name!r} must be a whole number below 100000 or null, not {value!r}"
+    return None
 
 
 def _plain(value: Any) -> Any:

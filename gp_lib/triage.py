@@ -23,7 +23,7 @@ from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 from gp_lib import diagnosis, notebook as nb
-from gp_lib.checks import Check
+from gp_lib.checks import Check, overall_verdict
 from gp_lib.diagnosis import Finding
 from gp_lib.scenarios import factory_initialization, missing_events, race_conditions, service_dependencies
 from gp_lib.scenarios.common import CommonParams, ParameterError, ScenarioResult, list_field
@@ -87,9 +87,8 @@ async def run(params: TriageParams, progress: Callable[..., Any] | None = None) 
 
 
 def verdict(results: Sequence[ScenarioResult]) -> str:
-    """`error` when a scenario could not run, else `fail` when any failed, else `pass`."""
-    verdicts = {r.verdict for r in results}
-    return "error" if "error" in verdicts else "fail" if "fail" in verdicts else "pass"
+    """The triage pass's verdict over its scenarios (`checks.overall_verdict`)."""
+    return overall_verdict(r.verdict for r in results)
 
 
 def overview(results: Sequence[ScenarioResult]) -> list[dict[str, Any]]:

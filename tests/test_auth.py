@@ -218,3 +218,20 @@ def test_staging_needs_the_bypass_key(monkeypatch):
     monkeypatch.delenv("GP_TEST_BYPASS", raising=False)
     with pytest.raises(auth.AuthError, match="GP_TEST_BYPASS is not set"):
         auth.StagingTokenSource("http://127.0.0.1:9", "GP_TEST_BYPASS").token("a@example.test")
+
+
+@pytest.mark.parametrize("claims, problem", [({"exp": float("nan")}, "exp claim nan is not a time"),
+                                             ({"iat": "yesterday"}, "iat claim 'yesterday' is not a time"),
+                                             ({"exp": True}, "exp claim True is not a time")])
+def test_claims_that_are_not_times_are_problems(claims, problem):
+    token = auth.mint_token(SECRET, "u1", extra_claims=claims)
+    assert problem in auth.inspect_token(token, SECRET).problems
+
+
+def test_staging_cache_keeps_tokens_of_different_permissions_apart(auth_service):
+    handler, url = auth_service
+    source = auth.StagingTokenSource(url, "GP_TEST_BYPASS")
+    source.token("a@example.test", permissions=["read"])
+    source.token("a@example.test", permissions=["read"])
+    source.token("a@example.test", permissions=["read", "admin"])
+    assert handler.calls == 2

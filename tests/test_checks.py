@@ -1,6 +1,6 @@
 """Checks and verdicts: evidence in numbers, nothing to judge is never a pass, failures listed first."""
 
-from gp_lib.checks import Check, checks_table, none_check, ratio_check, reference_checks, verdict
+from gp_lib.checks import Check, checks_table, none_check, overall_verdict, ratio_check, reference_checks, verdict
 
 
 def test_ratio_check_passes_at_the_threshold_and_says_so():
@@ -40,3 +40,10 @@ def test_checks_table_lists_failures_first_in_their_order():
     assert table["check"].tolist() == ["b", "c", "a"]
     assert table["arm"].tolist() == ["fixed", "live", "live"] and table["result"].tolist() == ["FAIL", "FAIL", "PASS"]
     assert checks_table([]).columns.tolist() == ["check", "arm", "result", "evidence"]
+
+
+def test_overall_verdict_error_beats_fail_beats_pass_and_nothing_is_an_error():
+    assert overall_verdict(["pass", "pass"]) == "pass"
+    assert overall_verdict(iter(["pass", "fail"])) == "fail"
+    assert overall_verdict(["fail", "error", "pass"]) == "error"
+    assert overall_verdict([]) == "error"

@@ -42,6 +42,9 @@ async def _route(ws):
         await ws.send(json.dumps({"type": "error", "error_code": "AUTH_FAILED", "message": "token expired"}))
         await ws.close(1008, "Authentication failed")
         return
+    elif path.startswith("/close1008"):  # /close1008/<reason>, closed before readiness
+        await ws.close(1008, path.partition("/close1008")[2].lstrip("/").replace("-", " "))
+        return
     elif path == "/drop":
         ws.transport.abort()
         return
@@ -164,6 +167,17 @@ async def test_auth_error_then_1008(server):
     assert record.outcome == "auth_rejected" and record.close_code == 1008
 
 
+@pytest.mark.parametrize("reason, outcome", [("Authentication-failed", "auth_rejected"), ("", "auth_rejected"),
+                                             ("rate-limit-exceeded", "closed_other"),
+                                             ("too-many-connections", "closed_other")])
+async def test_a_1008_is_auth_only_when_nothing_says_otherwise(server, reason, outcome):
+    """1008 also means a rate or connection limit: only a reason naming auth, or none at all, is a rejection."""
+    async def body(conn):
+        await conn.wait_ready(2 * SCALE)
+    record = await _attempt(server + "/close1008/" + reason, body)
+    assert record.close_code == 1008 and record.outcome == outcome
+
+
 async def test_dropped_connection_is_1006(server):
     async def body(conn):
         await conn.wait_ready(2 * SCALE)
@@ -262,6 +276,19 @@ async def test_token_is_sent_but_never_recorded(server, transport):
     assert TOKEN not in text and auth.subprotocol_offer(TOKEN) not in text
     if transport != "header":
         assert record.subprotocol == "jwt.<redacted>"
+
+
+async def test_unread_messages_are_bounded(server, monkeypatch):
+    monkeypatch.setattr("gp_lib.client.MAX_UNREAD", 5)
+    async def body(conn):
+        await conn.wait_ready(2 * SCALE)
+        async with asyncio.timeout(5 * SCALE):   # nobody reads while the server floods
+            while conn.record.frames_received < 51:
+                await asyncio.sleep(0.01)
+        got = await conn.collect(0.1 * SCALE)
+        assert len(got) == 5 and [m["n"] for m in got] == [0, 2, 4, 6, 8]
+    record = await _attempt(server + "/flood", body, max_frames=100)
+    assert record.frames_received == 51
 
 
 async def test_frames_are_bounded_and_heartbeats_skipped(server):

@@ -18,7 +18,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 from gp_lib.batch import REGISTRY
 from gp_lib.notebook import SECTION_TITLES, SECTIONS
 from gp_lib.redact import register_secret
-from gp_lib.report import ReportContext, junit_xml, render, run_verdict, summary_json, write_report
+from gp_lib.report import ReportContext, junit_xml, render, summary_json, write_report
 
 # A 1x1 PNG, and another with different bytes.
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
@@ -172,12 +172,6 @@ def test_write_report_without_an_executed_notebook(tmp_path):
 
 
 # -- summary.json and junit.xml ---------------------------------------------------------------
-
-def test_run_verdict():
-    assert run_verdict(["pass", "pass"]) == "pass"
-    assert run_verdict(["pass", "fail"]) == "fail"
-    assert run_verdict(["fail", "error", "pass"]) == "error"
-
 
 SUMMARY = {
     "run_id": "20261130T120000Z", "mode": "live", "target": "ws://127.0.0.1:9/ws",

@@ -94,3 +94,19 @@ def test_a_secret_that_json_escapes_is_redacted_from_payloads(secret):
     assert "<redacted>" in row["payload"] and "<redacted>" in received["payload"]
     for text in (secret, json.dumps(secret)[1:-1]):
         assert text not in row["payload"] and text not in received["payload"]
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"outcome": ["x"]}, "field 'outcome' holds a list"),
+    ({"attempt_id": {"x": 1}}, "field 'attempt_id' holds a dict"),
+    ({"close_code": 1e30}, "field 'close_code' must be a whole number"),
+    ({"close_code": 1000.5}, "field 'close_code' must be a whole number"),
+    ({"t_open_ms": "abc"}, "field 't_open_ms' must be a number"),
+])
+def test_odd_field_values_name_file_line_and_field(tmp_path, fields, words):
+    good = {"record": "attempt", "attempt_id": "a", "outcome": "ok", "t_open_ms": 1.0, "t_ready_ms": None,
+            "t_first_send_ms": None, "t_close_ms": None, "close_code": 1000, "handshake_status": 101}
+    path = tmp_path / "odd.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, **fields}) + "\n")
+    with pytest.raises(ValueError, match=f"odd.jsonl:2: {words}"):
+        load_jsonl(path)

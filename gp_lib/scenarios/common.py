@@ -30,7 +30,7 @@ import pandas as pd
 from gp_lib import auth
 from gp_lib.checks import Check, reference_checks, verdict
 from gp_lib.client import TracedConnection
-from gp_lib.redact import is_secret_name, register_secret
+from gp_lib.redact import is_secret_name, redact, register_secret
 from gp_lib.target.dialect import Dialect
 from gp_lib.trace import UNREACHABLE_OUTCOMES, AttemptRecord, concat, save_jsonl, to_tables
 
@@ -68,7 +68,7 @@ class CommonParams:
         if self.target_url is not None:
             parsed = urlparse(str(self.target_url))
             if parsed.scheme not in ("ws", "wss") or not parsed.hostname:
-                raise ParameterError(f"target_url must be a ws:// or wss:// URL with a host, not {self.target_url!r}")
+                raise ParameterError(redact(f"target_url must be a ws:// or wss:// URL with a host, not {self.target_url!r}"))
         if self.env not in ENVS:
             raise ParameterError(f"env must be one of {', '.join(ENVS)}, not {self.env!r}")
         if self.auth_transport not in auth.AUTH_TRANSPORTS:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import sys
 
-from gp_lib.target.cli import build_parser, main, serve_main
+from gp_lib.target.cli import build_parser, serve_main
 
-__all__ = ["build_parser", "main", "serve_main"]
+__all__ = ["build_parser", "serve_main"]
 
 if __name__ == "__main__":
     sys.exit(serve_main())

@@ -104,7 +104,6 @@ def serve_main(argv: list[str] | None = None) -> int:
     return run(build_parser().parse_args(argv))
 
 
-main = serve_main
 
 
 def run(args: argparse.Namespace) -> int:
