@@ -174,6 +174,11 @@ def is_error(message: dict[str, Any]) -> bool:
     return message.get("type") in ERROR_TYPES or message.get("type") == AGENT_ERROR
 
 
+def ends_run(message: dict[str, Any]) -> bool:
+    """True for a frame after which no more of a run is coming: agent_completed, agent_error or an error."""
+    return message.get("type") == AGENT_COMPLETED or is_error(message)
+
+
 def message_text(message: dict[str, Any]) -> str:
     """All human-readable text a frame carries, joined: what a user would see."""
     parts: list[str] = []

@@ -13,8 +13,6 @@ import socket
 
 import pytest
 from websockets.asyncio.server import serve
-from websockets.http11 import Response
-from websockets.datastructures import Headers
 
 from gp_lib import auth
 from gp_lib.client import TracedConnection

@@ -67,7 +67,7 @@ async def test_each_fault_alone_is_diagnosed_first(case, monkeypatch, tmp_path):
     failed = {r.scenario for r in results if r.verdict == "fail"}
     assert cause in failed
     for other in failed - {cause}:  # a scenario that failed because of the fault is ruled out, with its reason
-        assert f"(so its failing checks" in evidence(findings[0])
+        assert "(so its failing checks" in evidence(findings[0])
         assert any(s.startswith(("race ruled out", f"{other} ruled out")) for s in findings[0].evidence)
 
 

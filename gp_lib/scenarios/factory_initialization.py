@@ -196,15 +196,11 @@ async def _fresh_connection(target: Target, n: int) -> AttemptRecord:
             ready = await conn.wait_ready()
             sent = ready and await conn.send(request)
         if ready and sent:
-            await conn.receive_until(_run_ended, p.receive_timeout_s)
+            await conn.receive_until(protocol.ends_run, p.receive_timeout_s)
     await conn.close()
     record = conn.finish()
     record.extra["connection_id"] = _connection_id(record)
     return record
-
-
-def _run_ended(message: dict[str, Any]) -> bool:
-    return message["type"] in (protocol.AGENT_COMPLETED, protocol.AGENT_ERROR) or protocol.is_error(message)
 
 
 def _columns(t_since_start_ms: float | None = None) -> dict[str, Any]:

@@ -54,7 +54,7 @@ import pandas as pd
 from gp_lib import events, protocol
 from gp_lib.checks import Check, ratio_check
 from gp_lib.client import TracedConnection
-from gp_lib.protocol import AGENT_COMPLETED, AGENT_ERROR, AGENT_STARTED, EVENT_NAMES
+from gp_lib.protocol import AGENT_STARTED, EVENT_NAMES
 from gp_lib.scenarios.common import (CommonParams, Observation, ParameterError, ScenarioResult, Target,
                                      bounded_gather, run_scenario)
 from gp_lib.target.faults import FAULT_MODES
@@ -252,8 +252,7 @@ def _ours(thread_id: str, user_id: str | None, message: dict[str, Any]) -> bool:
 
 
 def _ends_run(thread_id: str, user_id: str | None, message: dict[str, Any]) -> bool:
-    ends = message["type"] in (AGENT_COMPLETED, AGENT_ERROR) or protocol.is_error(message)
-    return ends and _ours(thread_id, user_id, message)
+    return protocol.ends_run(message) and _ours(thread_id, user_id, message)
 
 
 def _started_or_failed(thread_id: str, message: dict[str, Any]) -> bool:

@@ -166,7 +166,7 @@ async def _attempt(target: Target, batch: Batch, index: int) -> AttemptRecord:
                 request = {"type": "agent_request", "agent": "triage_agent",
                            "message": f"Quick test request {batch.repeat}"}
                 if await conn.send(request, at_ms=batch.send_delay_ms):
-                    await conn.receive_until(_ends_run, params.receive_timeout_s)
+                    await conn.receive_until(protocol.ends_run, params.receive_timeout_s)
             elif await conn.send({"type": "ping", "timestamp": time.time()}, at_ms=batch.send_delay_ms):
                 await conn.receive_until(lambda m: m["type"] == "pong", params.receive_timeout_s)
         await conn.close()
@@ -187,10 +187,6 @@ async def _burst(conn: Any, params: Params) -> None:
 
     if sent:
         await conn.receive_until(all_answered, params.receive_timeout_s)
-
-
-def _ends_run(message: dict[str, Any]) -> bool:
-    return message["type"] in (protocol.AGENT_COMPLETED, protocol.AGENT_ERROR)
 
 
 def _is_answer(message: dict[str, Any]) -> bool:
