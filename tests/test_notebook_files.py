@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from gp_lib.batch import REGISTRY
 from gp_lib.notebook import SECTIONS
+from gp_lib.triage import TriageParams
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 KNOWN_TAGS = {"parameters"} | {f"section-{name}" for name in SECTIONS}
@@ -54,3 +56,16 @@ def test_notebooks_stay_thin(path):
         source = "".join(cell["source"])
         assert "def " not in source and "class " not in source, f"{path.name}: define logic in gp_lib, not here"
         assert len(source.splitlines()) <= 30, f"{path.name}: a code cell of {len(source.splitlines())} lines"
+
+
+#: Notebooks whose parameters are a Params class: what `gp report` validates before any traffic.
+PARAMS = {entry.notebook: entry.params_class() for entry in REGISTRY.values()} | {"00_triage.ipynb": TriageParams}
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_the_parameters_cell_holds_exactly_the_params_fields(name):
+    cells = _cells(NOTEBOOKS[0].parent / name)
+    source = "".join(next(c for c in cells if "parameters" in c["metadata"].get("tags", []))["source"])
+    names = [node.targets[0].id for node in ast.parse(source).body]
+    assert len(names) == len(set(names)), f"{name}: a parameter is set twice"
+    assert sorted(names) == sorted(PARAMS[name].names()), f"{name}: parameters cell and Params differ"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ast
-import json
 import os
 from pathlib import Path
 
@@ -20,13 +18,6 @@ SMALL = {"concurrency_levels": [1, 3], "send_delays_ms": [0, 150 * SCALE], "swee
          "burst_connections": 1, "rapid_cycles": 2, "reference_setup_ms": 50 * SCALE,
          "reference_setup_ms_per_concurrent": 0, "receive_timeout_s": 3 * SCALE}
 TIMEOUT_S = int(120 * SCALE)
-
-
-def test_the_parameters_cell_holds_exactly_the_params_fields():
-    cells = json.loads((Path(__file__).resolve().parents[2] / "notebooks" / NOTEBOOK).read_text())["cells"]
-    source = "".join(next(c for c in cells if "parameters" in c["metadata"].get("tags", []))["source"])
-    names = [node.targets[0].id for node in ast.parse(source).body]
-    assert sorted(names) == sorted(rc.Params.names()) and len(names) == len(set(names))
 
 
 @pytest.mark.notebook

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ast
-import json
 import os
 from pathlib import Path
 
@@ -21,13 +19,6 @@ SMALL = {"sequential_runs": 3, "concurrent_users": 2, "runs_per_user": 2, "recon
          "event_timeout_s": 0.5 * SCALE, "settle_ms": 150 * SCALE, "reference_agent_step_ms": STEP_MS}
 TIMEOUT_S = int(120 * SCALE)
 FIGURES = ["timeline", "completeness", "latency", "delivery"]
-
-
-def test_the_parameters_cell_holds_exactly_the_params_fields():
-    cells = json.loads((Path(__file__).resolve().parents[2] / "notebooks" / NOTEBOOK).read_text())["cells"]
-    source = "".join(next(c for c in cells if "parameters" in c["metadata"].get("tags", []))["source"])
-    names = [node.targets[0].id for node in ast.parse(source).body]
-    assert sorted(names) == sorted(me.Params.names()) and len(names) == len(set(names))
 
 
 @pytest.mark.notebook
