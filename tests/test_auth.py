@@ -14,7 +14,7 @@ import pytest
 from gp_lib import auth
 from gp_lib.redact import redact
 
-SECRET = "unit-test-secret-0123456789"
+SECRET = "unit-test-secret-0123456789-abcdef"
 
 
 def test_minted_token_carries_the_strict_claims():
