@@ -198,8 +198,9 @@ class Target:
                                       auth_transport=p.auth_transport, extra_headers=headers,
                                       open_timeout_s=p.open_timeout_s, ready_timeout_s=p.ready_timeout_s,
                                       extra=extra)
+        url = options.pop("url", self.url)  # another process than the arm's server, e.g. a restarted one
         kwargs.update(options)
-        return TracedConnection(self.url, **kwargs)
+        return TracedConnection(url, **kwargs)
 
     def bar(self, total: int, desc: str) -> Any:
         """A progress bar when the caller gave one (tqdm in notebooks), else a silent stand-in."""

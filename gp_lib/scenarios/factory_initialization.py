@@ -278,8 +278,7 @@ async def _attempts(target: Target, url: str, phase: str, origin: float,
             break
         conn = await target.connection(f"factory-{phase.replace('_', '-')}", condition=phase,
                                  extra=_columns(elapsed_ms(origin)),
-                                 open_timeout_s=min(p.open_timeout_s, remaining))
-        conn.url = url  # the restarted process listens elsewhere than the arm's server
+                                 open_timeout_s=min(p.open_timeout_s, remaining), url=url)
         if await conn.open():
             await conn.wait_ready(min(p.ready_timeout_s, max(deadline - time.perf_counter(), 0.0)))
         await conn.close()

@@ -2,7 +2,8 @@
 
 Every test talks to a real `python -m gp_lib.target` subprocess over loopback.
 Each module defines its own `server` fixture (the faults and dialect it needs);
-`wire` wraps it with the deadline-bound client of `target_client`.
+`wire` wraps it with the deadline-bound client of `target_client`, and every
+test that used it leaves it with the faults it started with.
 """
 
 from __future__ import annotations
@@ -16,3 +17,11 @@ from gp_lib.target import ServerHandle
 @pytest.fixture
 def wire(server: ServerHandle) -> Wire:
     return Wire(server.url, server.secret)
+
+
+@pytest.fixture(autouse=True)
+def back_to_start(request: pytest.FixtureRequest):
+    """A test that switched faults on the module's server switches them back."""
+    yield
+    if "server" in request.fixturenames:
+        request.getfixturevalue("server").reset_faults()

@@ -21,12 +21,6 @@ def server():
         yield handle
 
 
-@pytest.fixture(autouse=True)
-def back_to_start(request):
-    yield
-    if "server" in request.fixturenames:
-        request.getfixturevalue("server").reset_faults()
-
 
 def wait_for_stats(server, predicate, timeout: float = 2.0) -> dict:
     deadline = time.monotonic() + scaled(timeout)

@@ -17,11 +17,6 @@ def server():
         yield handle
 
 
-@pytest.fixture(autouse=True)
-def back_to_start(server):
-    yield
-    server.reset_faults()
-
 
 def agent_request(thread_id: str) -> dict:
     return {"type": "agent_request", "agent": "cost_optimizer", "message": "cut my costs", "thread_id": thread_id}

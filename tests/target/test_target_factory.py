@@ -80,12 +80,6 @@ def server():
         yield handle
 
 
-@pytest.fixture(autouse=True)
-def back_to_start(request):
-    yield
-    if "server" in request.fixturenames:
-        request.getfixturevalue("server").reset_faults()
-
 
 @pytest.mark.parametrize("send_first", [True, False])
 async def test_faulty_factory_closes_1011_before_readiness_whatever_the_timing(wire, send_first):

@@ -21,11 +21,6 @@ def server():
         yield handle
 
 
-@pytest.fixture(autouse=True)
-def back_to_start(server):
-    yield
-    server.reset_faults()
-
 
 async def test_sending_at_once_after_open_closes_1011(wire):
     for attempt in range(ATTEMPTS):
