@@ -25,7 +25,7 @@ from websockets.asyncio.client import connect
 
 from gp_lib import auth, protocol
 from gp_lib.client import TracedConnection
-from gp_lib.target import running_server
+from gp_lib.refserver import running_server
 
 
 async def bare_session(url: str, token: str) -> None:

@@ -18,7 +18,7 @@ import sys
 
 COMMANDS = {
     "report": ("gp_lib.batch", "run the scenario notebooks with papermill and write the reports"),
-    "serve": ("gp_lib.target.cli", "start the reference server, optionally with faults injected"),
+    "serve": ("gp_lib.refserver.cli", "start the reference server, optionally with faults injected"),
     "probe": ("gp_lib.probe", "connect once and print every frame with its timing and the close code"),
     "token": ("gp_lib.token_cli", "mint a token, or inspect one and list its problems"),
     "compare": ("gp_lib.compare", "compare two runs check by check and metric by metric"),

@@ -14,7 +14,7 @@ from gp_lib import analyze, batch, cli, history
 from gp_lib.auth import mint_token
 from gp_lib.client import TracedConnection
 from gp_lib.notebook import SECTION_TITLES, SECTIONS
-from gp_lib.target import Faults, running_server
+from gp_lib.refserver import Faults, running_server
 from gp_lib.trace import load_jsonl, save_jsonl, to_tables
 
 SCALE = float(os.environ.get("GP_TIME_SCALE", "1"))

@@ -25,7 +25,7 @@ from gp_lib import batch, cli
 from gp_lib.notebook import SECTION_TITLES, SECTIONS
 from gp_lib.redact import register_secret
 from gp_lib.scenarios.common import CommonParams, ParameterError
-from gp_lib.target import free_port, running_server
+from gp_lib.refserver import free_port, running_server
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "notebooks"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gp_lib import cli, history
-from gp_lib.target import Faults, running_server
+from gp_lib.refserver import Faults, running_server
 
 FIXTURES = Path(__file__).parent / "fixtures" / "runs_history"
 GOOD, BAD = FIXTURES / "20261108T090000Z", FIXTURES / "20261115T090000Z"

@@ -18,7 +18,7 @@ import pytest
 
 from gp_lib import diagnosis, triage
 from gp_lib.scenarios import factory_initialization
-from gp_lib.target import free_port, running_server
+from gp_lib.refserver import free_port, running_server
 
 SCALE = float(os.environ.get("GP_TIME_SCALE") or 1.0)
 SECRET_ENV = "GP_DIAGNOSIS_TEST_SECRET"

@@ -18,7 +18,7 @@ import pytest
 from gp_lib import diagnosis, events, protocol, triage
 from gp_lib.auth import mint_token
 from gp_lib.client import TracedConnection
-from gp_lib.target import DIALECT_PRESETS, running_server
+from gp_lib.refserver import DIALECT_PRESETS, running_server
 from gp_lib.trace import to_tables
 
 SCALE = float(os.environ.get("GP_TIME_SCALE") or 1.0)

@@ -10,7 +10,7 @@ import pytest
 from gp_lib.auth import mint_token
 from gp_lib.cli import main
 from gp_lib.probe import frame_line
-from gp_lib.target import free_port, running_server
+from gp_lib.refserver import free_port, running_server
 
 SCALE = float(os.environ.get("GP_TIME_SCALE") or 1.0)
 SECRET_ENV = "GP_PROBE_TEST_SECRET"

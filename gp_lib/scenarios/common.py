@@ -31,7 +31,7 @@ from gp_lib import auth
 from gp_lib.checks import Check, reference_checks, verdict
 from gp_lib.client import TracedConnection
 from gp_lib.redact import is_secret_name, redact, register_secret
-from gp_lib.target.dialect import Dialect
+from gp_lib.refserver.dialect import Dialect
 from gp_lib.trace import UNREACHABLE_OUTCOMES, AttemptRecord, concat, save_jsonl, to_tables
 
 ENVS = ("local", "staging")
@@ -178,7 +178,7 @@ class Target:
     scenario: str
     params: CommonParams
     credentials: Credentials
-    server: Any = None                    # gp_lib.target.ServerHandle in reference mode
+    server: Any = None                    # gp_lib.refserver.ServerHandle in reference mode
     progress: Callable[..., Any] | None = None
     _counter: int = 0
 
@@ -338,7 +338,7 @@ async def run_scenario(module: ScenarioModule, params: CommonParams, *,
         target = Target(params.target_url, "live", module.NAME, params, credentials, progress=progress)
         observations["live"] = await module.drive(target)
     else:
-        from gp_lib.target import running_server
+        from gp_lib.refserver import running_server
 
         secret = secrets.token_urlsafe(32)
         register_secret(secret)

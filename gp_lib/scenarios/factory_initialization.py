@@ -114,7 +114,7 @@ class Params(CommonParams):
         if not isinstance(self.reference_factory_config, dict):
             raise ParameterError(f"reference_factory_config must be a mapping of factory settings, "
                                  f"not {self.reference_factory_config!r}")
-        from gp_lib.target import validate_config
+        from gp_lib.refserver import validate_config
 
         if not validate_config({**VALID_CONFIG, **self.reference_factory_config}):
             raise ParameterError(f"reference_factory_config must make the factory configuration invalid, "
@@ -224,7 +224,7 @@ def _connection_id(record: AttemptRecord) -> str | None:
 
 async def _restart_recovery(target: Target) -> tuple[list[AttemptRecord], list[dict[str, Any]]]:
     """Start a server process with the faulty configuration, then restart it with the arm's own."""
-    from gp_lib.target import Faults, free_port
+    from gp_lib.refserver import Faults, free_port
 
     arm_faults = Faults.from_dict(await asyncio.to_thread(target.server.faults))
     port = free_port()
@@ -306,7 +306,7 @@ class _Process:
 async def _server_process(target: Target, faults: Any, port: int) -> AsyncIterator[_Process]:
     """Launch a reference server on `port` without waiting for it, so that connections can be
     tried from the moment the process starts; always stop it on the way out."""
-    from gp_lib.target import running_server
+    from gp_lib.refserver import running_server
 
     stack = contextlib.ExitStack()
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
@@ -336,7 +336,7 @@ async def _server_process(target: Target, faults: Any, port: int) -> AsyncIterat
 
 def config_validation_table() -> pd.DataFrame:
     """The reference factory's verdict on each configuration of the test plan."""
-    from gp_lib.target import validate_config
+    from gp_lib.refserver import validate_config
 
     prefix, missing_prefix = "invalid factory configuration: ", "missing key "
     rows = []

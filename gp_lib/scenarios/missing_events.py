@@ -57,7 +57,7 @@ from gp_lib.client import TracedConnection
 from gp_lib.protocol import AGENT_STARTED, EVENT_NAMES
 from gp_lib.scenarios.common import (CommonParams, Observation, ParameterError, ScenarioResult, Target,
                                      bounded_gather, run_scenario)
-from gp_lib.target.faults import FAULT_MODES
+from gp_lib.refserver.faults import FAULT_MODES
 from gp_lib.trace import AttemptRecord, connection_metrics, percentile
 
 NAME = "missing_events"

@@ -12,7 +12,7 @@ import pytest
 
 from gp_lib import triage
 from gp_lib.scenarios.common import ParameterError
-from gp_lib.target import running_server
+from gp_lib.refserver import running_server
 
 NOTEBOOK = "00_triage.ipynb"
 SCALE = float(os.environ.get("GP_TIME_SCALE") or 1.0)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gp_lib.scenarios import race_conditions as rc
-from gp_lib.target import running_server
+from gp_lib.refserver import running_server
 
 NOTEBOOK = "01_websocket_race_conditions.ipynb"
 SCALE = float(os.environ.get("GP_TIME_SCALE") or 1.0)

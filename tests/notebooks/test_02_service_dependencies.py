@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gp_lib.target import running_server
+from gp_lib.refserver import running_server
 
 NOTEBOOK = "02_service_dependencies.ipynb"
 SCALE = float(os.environ.get("GP_TIME_SCALE") or 1.0)

@@ -5,7 +5,7 @@ import pytest
 from gp_lib import auth
 from gp_lib.scenarios import missing_events
 from gp_lib.scenarios.common import ParameterError, run_scenario
-from gp_lib.target import running_server
+from gp_lib.refserver import running_server
 
 BYPASS = "bypass-key-for-common-tests"
 
@@ -54,7 +54,7 @@ def test_a_secret_pasted_where_its_variable_name_belongs_is_refused_and_not_echo
 
 
 async def test_an_unreachable_target_is_an_error_not_a_failure(monkeypatch):
-    from gp_lib.target import free_port
+    from gp_lib.refserver import free_port
 
     monkeypatch.setenv("GP_TEST_SECRET", "a-secret-for-an-unreachable-target")
     params = missing_events.Params.from_mapping({

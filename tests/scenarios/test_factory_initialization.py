@@ -17,7 +17,7 @@ import pytest
 from gp_lib.plots import factory as plots_factory
 from gp_lib.scenarios import factory_initialization as fi
 from gp_lib.scenarios.common import Credentials, Observation, ParameterError, Target
-from gp_lib.target import running_server
+from gp_lib.refserver import running_server
 from gp_lib.trace import AttemptRecord, frame_row
 
 matplotlib.use("Agg")

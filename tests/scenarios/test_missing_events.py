@@ -15,7 +15,7 @@ import pytest
 
 from gp_lib.scenarios import missing_events as me
 from gp_lib.scenarios.common import Observation, ParameterError
-from gp_lib.target import running_server
+from gp_lib.refserver import running_server
 from gp_lib.trace import AttemptRecord, frame_row
 
 SCALE = float(os.environ.get("GP_TIME_SCALE") or 1.0)

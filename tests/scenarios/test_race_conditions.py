@@ -15,7 +15,7 @@ import pytest
 from gp_lib.plots import race as plots_race
 from gp_lib.scenarios import race_conditions as rc
 from gp_lib.scenarios.common import Credentials, Observation, ParameterError, ScenarioResult, Target
-from gp_lib.target import running_server
+from gp_lib.refserver import running_server
 from gp_lib.trace import AttemptRecord, frame_row
 
 matplotlib.use("Agg")

@@ -18,7 +18,7 @@ import pytest
 from gp_lib.checks import Check
 from gp_lib.scenarios import service_dependencies as sd
 from gp_lib.scenarios.common import Credentials, Observation, ParameterError, ScenarioResult, Target
-from gp_lib.target import free_port, running_server
+from gp_lib.refserver import free_port, running_server
 from gp_lib.trace import AttemptRecord, frame_row
 
 SCALE = float(os.environ.get("GP_TIME_SCALE") or 1.0)

@@ -6,10 +6,10 @@ import asyncio
 import time
 
 import pytest
-from target_client import Wire, scaled
+from refserver_client import Wire, scaled
 
 from gp_lib.protocol import INTERNAL_ERROR, field, is_ready_marker
-from gp_lib.target import running_server
+from gp_lib.refserver import running_server
 
 ATTEMPTS = 5
 SETUP_MS = 50

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from target_client import http_json, scaled
+from refserver_client import http_json, scaled
 
 from gp_lib.protocol import INTERNAL_ERROR, field, is_ready_marker
-from gp_lib.target import ConnectionManagerFactory, FactoryInitializationError, running_server, validate_config
+from gp_lib.refserver import ConnectionManagerFactory, FactoryInitializationError, running_server, validate_config
 
 VALID = {"websocket_host": "localhost", "websocket_port": 8000, "max_connections": 1000, "auth_required": True}
 

@@ -7,7 +7,7 @@ import pytest
 from gp_lib.protocol import (AGENT_COMPLETED, EVENT_NAMES, POLICY_VIOLATION, error_code, event_time, field,
                              is_auth_failure, is_error, is_fallback_completion, is_graceful_text, is_ready_marker,
                              is_status, message_text)
-from gp_lib.target import DIALECT_PRESETS, running_server
+from gp_lib.refserver import DIALECT_PRESETS, running_server
 
 READY_TYPE = {"system_message": "system_message", "connection_ready": "connection_ready",
               "handshake": "handshake_complete"}

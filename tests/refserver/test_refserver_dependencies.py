@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from target_client import http_json
+from refserver_client import http_json
 
 from gp_lib.protocol import (AGENT_COMPLETED, AGENT_STARTED, INTERNAL_ERROR, field, is_error, is_fallback_completion,
                              is_graceful_text, is_status, message_text)
-from gp_lib.target import running_server
+from gp_lib.refserver import running_server
 
 #: Long enough for a whole healthy run (six events, 2 ms apart) many times over.
 SILENCE_S = 0.3

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from gp_lib.redact import redact, register_secret
-from gp_lib.target.dialect import Dialect
-from gp_lib.target.faults import Faults
+from gp_lib.refserver.dialect import Dialect
+from gp_lib.refserver.faults import Faults
 
 ADMIN_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 5.0
@@ -131,7 +131,7 @@ def running_server(
     bypass_key: str | None = None,
     extra_args: Sequence[str] = (),
 ) -> Iterator[ServerHandle]:
-    """Start `python -m gp_lib.target` in a subprocess; yield its handle; stop it on exit.
+    """Start `python -m gp_lib.refserver` in a subprocess; yield its handle; stop it on exit.
 
     Args:
         faults: a `Faults`, or a (partial) dict of its fields.
@@ -164,7 +164,7 @@ def running_server(
     child_env["JWT_SECRET_KEY"] = secret
     if bypass_key is not None:
         child_env["E2E_OAUTH_SIMULATION_KEY"] = bypass_key
-    command = [sys.executable, "-m", "gp_lib.target", "--host", host, "--port", str(port),
+    command = [sys.executable, "-m", "gp_lib.refserver", "--host", host, "--port", str(port),
                "--admin-port", str(admin_port), "--dialect", dialect.to_spec(),
                "--faults-json", json.dumps(faults.to_dict()), "--stop-on-stdin-eof", *extra_args]
     with tempfile.TemporaryFile() as stderr:

@@ -1,6 +1,6 @@
-"""The command line of the reference server: `python -m gp_lib.target` and `gp serve`.
+"""The command line of the reference server: `python -m gp_lib.refserver` and `gp serve`.
 
-    python -m gp_lib.target [--host 127.0.0.1] [--port 0] [--admin-port 0]
+    python -m gp_lib.refserver [--host 127.0.0.1] [--port 0] [--admin-port 0]
         [--fault NAME[:MODE] ...] [--dialect SPEC] [--setup-ms F]
         [--jwt-secret-env JWT_SECRET_KEY] [--environment test]
 
@@ -31,17 +31,17 @@ from typing import Any
 
 from gp_lib.auth import AuthError, secret_from_env
 from gp_lib.redact import redact, register_secret
-from gp_lib.target.admin import AdminServer
-from gp_lib.target.dialect import PRESETS, Dialect
-from gp_lib.target.faults import FAULT_MODES, Faults
-from gp_lib.target.server import ReferenceServer
+from gp_lib.refserver.admin import AdminServer
+from gp_lib.refserver.dialect import PRESETS, Dialect
+from gp_lib.refserver.faults import FAULT_MODES, Faults
+from gp_lib.refserver.server import ReferenceServer
 
 DESCRIPTION = "Run the Golden Path reference WebSocket server, with the 1011 root causes injectable."
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of `python -m gp_lib.target`."""
-    parser = argparse.ArgumentParser(prog="python -m gp_lib.target", description=DESCRIPTION)
+    """The argument parser of `python -m gp_lib.refserver`."""
+    parser = argparse.ArgumentParser(prog="python -m gp_lib.refserver", description=DESCRIPTION)
     add_arguments(parser)
     return parser
 

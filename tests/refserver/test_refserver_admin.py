@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from target_client import Wire, http_json, scaled
+from refserver_client import Wire, http_json, scaled
 
 from gp_lib.auth import StagingTokenSource, verify_token
 from gp_lib.protocol import INTERNAL_ERROR, is_ready_marker
-from gp_lib.target import Faults, running_server
+from gp_lib.refserver import Faults, running_server
 
 BYPASS_KEY = "e2e-bypass-key-for-tests"
 E2E = "/auth/e2e/test-auth"

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from target_client import Wire, http_json
+from refserver_client import Wire, http_json
 
 from gp_lib.protocol import (AGENT_COMPLETED, AGENT_STARTED, EVENT_NAMES, field, is_error, is_ready_marker,
                              is_status, message_text, parse_timestamp)
-from gp_lib.target import Faults, ReferenceServer, running_server
+from gp_lib.refserver import Faults, ReferenceServer, running_server
 
 HEALTHY_RUN = ["agent_started", "agent_thinking", "tool_executing", "tool_completed", "agent_thinking",
                "agent_completed"]

@@ -27,9 +27,9 @@ import json
 import logging
 from typing import Any
 
-from gp_lib.target.server import ReferenceServer
+from gp_lib.refserver.server import ReferenceServer
 
-logger = logging.getLogger("gp_lib.target.admin")
+logger = logging.getLogger("gp_lib.refserver.admin")
 
 ADMIN_HOST = "127.0.0.1"
 E2E_AUTH_PATH = "/auth/e2e/test-auth"

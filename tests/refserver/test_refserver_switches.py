@@ -7,8 +7,8 @@ import json
 import pytest
 
 from gp_lib.protocol import AGENT_COMPLETED, AGENT_STARTED, EVENT_NAMES, TOOL_COMPLETED, TOOL_EXECUTING
-from gp_lib.target import DIALECT_PRESETS, FAULT_NAMES, Dialect, Faults, parse_fault_spec
-from gp_lib.target.agent import event_plan
+from gp_lib.refserver import DIALECT_PRESETS, FAULT_NAMES, Dialect, Faults, parse_fault_spec
+from gp_lib.refserver.agent import event_plan
 
 
 # -- faults -----------------------------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 
 from gp_lib.protocol import (AGENT_COMPLETED, AGENT_STARTED, EVENT_NAMES, TOOL_COMPLETED, TOOL_EXECUTING, field,
                              is_status)
-from gp_lib.target import running_server
+from gp_lib.refserver import running_server
 
 SILENCE_S = 0.3
 

@@ -1,4 +1,4 @@
-"""`python -m gp_lib.target`: run the reference server (see `gp_lib.target.cli` for the options).
+"""`python -m gp_lib.refserver`: run the reference server (see `gp_lib.refserver.cli` for the options).
 
 Once both ports listen it prints exactly one JSON line to stdout and flushes:
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from gp_lib.target.cli import build_parser, serve_main
+from gp_lib.refserver.cli import build_parser, serve_main
 
 __all__ = ["build_parser", "serve_main"]
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 
 import pytest
-from target_client import Wire
+from refserver_client import Wire
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from gp_lib.auth import mint_token, subprotocol_offer
 from gp_lib.protocol import INTERNAL_ERROR, POLICY_VIOLATION, is_auth_failure, is_ready_marker, message_text
-from gp_lib.target import running_server
+from gp_lib.refserver import running_server
 
 
 @pytest.fixture(scope="module")

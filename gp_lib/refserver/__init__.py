@@ -5,7 +5,7 @@ fixed, to show that it detects the issue and that the remediation removes
 it. This package is that target, public so that users can run it from their
 own tests:
 
-    from gp_lib.target import running_server
+    from gp_lib.refserver import running_server
 
     with running_server({"race": True, "setup_ms": 50}, "handshake") as server:
         ...  # connect to server.url with a token minted from server.secret
@@ -16,12 +16,12 @@ run), `server` (the WebSocket server), `admin` (fault and auth HTTP API),
 `process` (the server as a subprocess), `__main__` (the command line).
 """
 
-from gp_lib.target.dialect import PRESETS as DIALECT_PRESETS, Dialect
-from gp_lib.target.factory import (ConnectionManager, ConnectionManagerFactory, FactoryInitializationError,
+from gp_lib.refserver.dialect import PRESETS as DIALECT_PRESETS, Dialect
+from gp_lib.refserver.factory import (ConnectionManager, ConnectionManagerFactory, FactoryInitializationError,
                                    validate_config)
-from gp_lib.target.faults import FAULT_MODES, FAULT_NAMES, Faults, parse_fault_spec
-from gp_lib.target.process import ServerHandle, free_port, running_server
-from gp_lib.target.server import ReferenceServer
+from gp_lib.refserver.faults import FAULT_MODES, FAULT_NAMES, Faults, parse_fault_spec
+from gp_lib.refserver.process import ServerHandle, free_port, running_server
+from gp_lib.refserver.server import ReferenceServer
 
 __all__ = [
     "DIALECT_PRESETS",

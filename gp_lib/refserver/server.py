@@ -20,7 +20,7 @@ A connection goes through:
 4. the message table (`_dispatch`), in arrival order.
 
 Use it in-process (`async with ReferenceServer(secret) as server`) or as a
-subprocess (`gp_lib.target.running_server`, `python -m gp_lib.target`).
+subprocess (`gp_lib.refserver.running_server`, `python -m gp_lib.refserver`).
 """
 
 from __future__ import annotations
@@ -45,12 +45,12 @@ from websockets.http11 import Request, Response
 from gp_lib.auth import TokenError, mint_token, token_from_offer, verify_token
 from gp_lib.protocol import (AGENT_REQUEST_ALIASES, HANDSHAKE_ACK, INTERNAL_ERROR, INVALID_TYPE, POLICY_VIOLATION,
                              SERVICES, field as read_field, parse_frame)
-from gp_lib.target.agent import UNAVAILABLE_TEXT, RunBook, run_agent, run_fallback, run_stalled
-from gp_lib.target.dialect import Dialect
-from gp_lib.target.factory import ConnectionManager, ConnectionManagerFactory, FactoryInitializationError
-from gp_lib.target.faults import Faults
+from gp_lib.refserver.agent import UNAVAILABLE_TEXT, RunBook, run_agent, run_fallback, run_stalled
+from gp_lib.refserver.dialect import Dialect
+from gp_lib.refserver.factory import ConnectionManager, ConnectionManagerFactory, FactoryInitializationError
+from gp_lib.refserver.faults import Faults
 
-logger = logging.getLogger("gp_lib.target")
+logger = logging.getLogger("gp_lib.refserver")
 
 WS_PATH = "/ws"
 RACE_REASON = "Internal error: message handled before connection setup"

@@ -1,17 +1,17 @@
 """Fixtures for the reference server tests.
 
-Every test talks to a real `python -m gp_lib.target` subprocess over loopback.
+Every test talks to a real `python -m gp_lib.refserver` subprocess over loopback.
 Each module defines its own `server` fixture (the faults and dialect it needs);
-`wire` wraps it with the deadline-bound client of `target_client`, and every
+`wire` wraps it with the deadline-bound client of `refserver_client`, and every
 test that used it leaves it with the faults it started with.
 """
 
 from __future__ import annotations
 
 import pytest
-from target_client import Wire
+from refserver_client import Wire
 
-from gp_lib.target import ServerHandle
+from gp_lib.refserver import ServerHandle
 
 
 @pytest.fixture

@@ -11,13 +11,13 @@ import sys
 import time
 
 import pytest
-from target_client import Session, Wire, scaled
+from refserver_client import Session, Wire, scaled
 from websockets.asyncio.client import connect
 
 from gp_lib.auth import connect_kwargs, mint_token
 from gp_lib.protocol import is_ready_marker
-from gp_lib.target import cli, free_port, running_server
-from gp_lib.target.__main__ import build_parser, serve_main
+from gp_lib.refserver import cli, free_port, running_server
+from gp_lib.refserver.__main__ import build_parser, serve_main
 
 LISTENING = re.compile(r'^\{"event": "listening", "ws_port": \d+, "admin_port": \d+, "pid": \d+\}$')
 
@@ -42,7 +42,7 @@ def gone(pid: int, timeout: float = 5.0) -> bool:
 
 def child(args: list[str], env: dict[str, str]) -> subprocess.Popen:
     base = {k: v for k, v in os.environ.items() if k != "JWT_SECRET_KEY"}
-    return subprocess.Popen([sys.executable, "-m", "gp_lib.target", *args], stdin=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "gp_lib.refserver", *args], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**base, **env})
 
 
@@ -120,7 +120,7 @@ def test_child_stops_when_its_stdin_closes():
 
 def test_child_stops_when_its_parent_is_killed():
     script = ("import os, signal\n"
-              "from gp_lib.target import running_server\n"
+              "from gp_lib.refserver import running_server\n"
               "server = running_server().__enter__()\n"
               "print(server.pid, flush=True)\n"
               "os.kill(os.getpid(), signal.SIGKILL)\n")
