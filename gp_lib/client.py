@@ -261,11 +261,10 @@ class TracedConnection:
         try:
             async for raw in ws:
                 t_ms = self.now_ms()
-                message = protocol.parse_frame(raw)
+                message = protocol.decode(raw)
                 record.frames_received += 1
-                text = raw if isinstance(raw, str) else message.get("raw")  # valid JSON in binary: encoded anew
-                self._keep(frame_row(record.attempt_id, t_ms, "received", message, raw=text))
-                if message["type"] == protocol.INVALID_TYPE:
+                self._keep(frame_row(record.attempt_id, t_ms, "received", message, raw=message.raw))
+                if not message.valid:
                     record.invalid_frames += 1
                 if protocol.is_auth_failure(message):
                     self._auth_error_seen = True

@@ -343,7 +343,7 @@ def _prepare(attempts: pd.DataFrame, frames: pd.DataFrame | None) -> _Evidence:
     frames["attempt_id"] = frames["attempt_id"].astype(str)
     frames["t_ms"] = pd.to_numeric(frames["t_ms"], errors="coerce")
     received = frames[frames["direction"] == "received"].copy()
-    received["message"] = [events.message_of(row) for row in received.to_dict(orient="records")]
+    received["message"] = [protocol.message_from_row(row) for row in received.to_dict(orient="records")]
     a["said"], a["text"] = _attempt_texts(a, received)
     policy = a["close_code"] == protocol.POLICY_VIOLATION
     said_auth = a["text"].map(protocol.names_auth)
@@ -650,7 +650,7 @@ def _requests(ev: _Evidence) -> pd.DataFrame:
 
 
 def _flagged(payload: Any) -> bool:
-    message = events.message_of({"payload": payload})
+    message = protocol.decode(payload if isinstance(payload, str) else "")
     return any(protocol.field(message, name) is True for name in ("simulate_agent_unavailable", "require_llm"))
 
 

@@ -10,8 +10,9 @@ that: events skipped, out of order, or delivered to another user's socket
 Everything here reads the `frames` table alone plus the requesting user of
 each attempt (its socket's user), so the same functions judge live runs,
 reference runs and traces imported from elsewhere (browser HAR files). Frames
-are decoded from their payload and read through `protocol.field`, so every
-layout (enveloped, flat, mixed) and both timestamp forms are accepted.
+are decoded by `protocol.message_from_row` and read through `protocol.field`,
+so every layout (enveloped, flat, mixed, event names wrapped in `data.type`)
+and both timestamp forms are accepted.
 
 Runs are identified by `run_id`. When a dialect omits it, each
 `agent_started` opens a new run and later events without a `run_id` join the
@@ -26,7 +27,6 @@ latest run opened on that socket.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping
@@ -216,20 +216,6 @@ def _server_span_ms(events: list[Mapping[str, Any]]) -> float | None:
 
 # -- many runs, from the frames table ----------------------------------------------------------
 
-def message_of(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The decoded message of a frames-table row: its payload, else its columns."""
-    payload = row.get("payload")
-    if isinstance(payload, str) and payload:
-        try:
-            message = json.loads(payload)
-        except ValueError:
-            message = None
-        if isinstance(message, dict) and isinstance(message.get("type"), str):
-            return message
-    message = {name: row.get(name) for name in ("type", "run_id", "user_id", "thread_id", "tool_name")}
-    return {k: v for k, v in message.items() if _present(v)}
-
-
 def socket_users(attempts: pd.DataFrame | Mapping[str, Any]) -> dict[str, str | None]:
     """`{attempt_id: requesting user}` from the attempts table (or such a mapping)."""
     if isinstance(attempts, pd.DataFrame):
@@ -264,7 +250,7 @@ def _runs(frames: pd.DataFrame, attempts: pd.DataFrame | Mapping[str, Any]) -> I
         current: str | None = None
         anonymous = 0
         for record in own[own["direction"] == "received"].to_dict(orient="records"):
-            message = message_of(record)
+            message = protocol.message_from_row(record)
             kind = message.get("type")
             if kind not in RUN_EVENT_TYPES:
                 continue

@@ -15,7 +15,7 @@ module maps such a file onto the toolkit's tables:
 | `response.status` | `handshake_status`: 101 upgraded, 401/403 `auth_rejected`, else `refused` |
 | `timings` blocked + dns + connect + send + wait | `t_open_ms` |
 | message `type` send / receive | frames row `sent` / `received`; `t_ms` = (`time` - time zero) x 1000 |
-| `opcode` 1 text, 2 binary (base64 `data`) | the frame, decoded by `protocol.parse_frame` |
+| `opcode` 1 text, 2 binary (base64 `data`) | the frame, decoded by `protocol.decode` |
 | `opcode` 8 close | `close_code` and `close_reason`; HAR rarely has one, so the close code is usually unknown (NA) |
 | `opcode` 9, 10 and `type` "error" | marks (`ping`, `pong`, `error`) |
 
@@ -172,9 +172,8 @@ def _messages(entry: dict[str, Any], where: str, problems: list[str]) -> list[di
         elif not isinstance(data, str):
             problems.append(f"{at}.data: missing or not text")
         else:
-            parsed = protocol.parse_frame(data) if kind != "error" and opcode == 1 else {}
-            if parsed.get("type") == protocol.INVALID_TYPE:
-                problems.append(f"{at}.data: {parsed['problem']}; kept as an invalid frame")
+            if kind != "error" and opcode == 1 and not (parsed := protocol.decode(data)).valid:
+                problems.append(f"{at}.data: {parsed.problem}; kept as an invalid frame")
             kept.append({"type": kind, "time": _epoch(time), "opcode": opcode, "data": data})
     return kept
 
@@ -196,17 +195,16 @@ def _frame(record: AttemptRecord, message: dict[str, Any], t_ms: float) -> bool:
         record.frames.append(frame_row(attempt_id, t_ms, "mark", None, kind=MARK_OPCODES[opcode]))
         return False
     decoded = _binary(data) if opcode == 2 else data
-    parsed = protocol.parse_frame(decoded)
+    parsed = protocol.decode(decoded)
     direction = DIRECTIONS[message["type"]]
-    raw = decoded.decode("utf-8", "replace") if isinstance(decoded, bytes) else decoded
-    record.frames.append(frame_row(attempt_id, t_ms, direction, parsed, raw=raw))
+    record.frames.append(frame_row(attempt_id, t_ms, direction, parsed, raw=parsed.raw))
     if direction == "sent":
         record.frames_sent += 1
         if record.t_first_send_ms is None and parsed["type"] != protocol.HANDSHAKE_ACK:
             record.t_first_send_ms = t_ms
         return False
     record.frames_received += 1
-    if parsed["type"] == protocol.INVALID_TYPE:
+    if not parsed.valid:
         record.invalid_frames += 1
     if protocol.is_ready_marker(parsed) and record.t_ready_ms is None:
         record.t_ready_ms = t_ms

@@ -88,13 +88,12 @@ def _check(args: argparse.Namespace) -> list[dict[str, Any]]:
             raise ProbeInputError(f"--{name.replace('_', '-')} must be greater than zero, got {getattr(args, name):g}")
     messages = []
     for number, text in enumerate(args.send, 1):
-        try:
-            message = json.loads(text)
-        except (ValueError, RecursionError) as exc:
-            raise ProbeInputError(f"--send #{number} is not JSON ({exc}): {text[:80]!r}") from None
-        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-            raise ProbeInputError(f"--send #{number} must be a JSON object with a string type, got {text[:80]!r}")
-        messages.append(message)
+        message = protocol.decode(text)
+        if not message.valid:
+            what = "is not JSON" if message.problem in ("not JSON", "JSON nested too deeply") else \
+                "must be a JSON object with a string type"
+            raise ProbeInputError(f"--send #{number} {what} ({message.problem}): {text[:80]!r}")
+        messages.append(dict(message))
     return messages
 
 

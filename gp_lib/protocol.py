@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Mapping
 
 # -- the five agent events, in their required order ---------------------------
 
@@ -75,31 +75,171 @@ GRACEFUL_PHRASES = (
 )
 
 
-# -- parsing -------------------------------------------------------------------
+# -- decoding: the one decoder every reader of frames uses ----------------------------------
 
-def parse_frame(text: str | bytes) -> dict[str, Any]:
-    """Decode one frame into a dict that always has a `type`.
+#: The largest frame accepted at all: the client closes 1009 above it, the decoder refuses it.
+MAX_FRAME_BYTES = 2**22
+#: Nesting kept; deeper values are replaced by a marker.
+MAX_DEPTH = 32
+#: Characters kept of any one string value; the rest is cut with a marker that gives the length.
+MAX_STRING_CHARS = 4_096
+#: Items kept of any one object or list.
+MAX_ITEMS = 256
+#: Characters of a frame's text kept as evidence (the `payload` of the frames table).
+MAX_RAW_CHARS = 16_384
+#: Event names some servers put in `data.type` under one of these outer types (the real backend, docs/protocol.md).
+WRAPPER_TYPES = frozenset({"system_message", "agent_progress", "agent_update", "agent_event"})
 
-    A frame that is not a JSON object, or has no string `type`, comes back as
-    `{"type": "<invalid>", "raw": <text>, "problem": <why>}`: evidence, never
-    an exception.
+
+class Message(dict):
+    """One decoded frame: the JSON object, bounded, with a normalised `type`.
+
+    `type` is always a non-empty string: the frame's own, the event name a
+    wrapper carries in `data.type` (the wrapper's is kept in `outer_type`), or
+    `INVALID_TYPE` when the frame could not be decoded, with `problem` saying
+    why. `raw` is the text kept as evidence (cut to `MAX_RAW_CHARS` with a
+    marker; `raw_length` is the length as received); `cut` says whether any
+    value was shortened to keep within the bounds.
     """
-    if isinstance(text, bytes):
+
+    def __init__(self, fields: dict[str, Any], *, raw: str = "", raw_length: int = 0,
+                 problem: str | None = None, outer_type: str | None = None, cut: bool = False):
+        super().__init__(fields)
+        self.raw = raw
+        self.raw_length = raw_length
+        self.problem = problem
+        self.outer_type = outer_type
+        self.cut = cut
+
+    @property
+    def valid(self) -> bool:
+        return self.problem is None
+
+
+def decode(frame: str | bytes | None) -> Message:
+    """Decode one frame, whatever it holds, into a `Message`; never raises.
+
+    Every bound is applied here (size, depth, items, string length), so no
+    caller has to trust what a server sent: a frame that is not a JSON object
+    with a string type is a `Message` of type `INVALID_TYPE` with its `problem`.
+    """
+    if frame is None:
+        return _invalid("", 0, "empty frame")
+    if isinstance(frame, (bytes, bytearray)):
+        length = len(frame)
+        if length > MAX_FRAME_BYTES:
+            return _invalid(repr(bytes(frame[:200])), length, f"frame of {length} bytes, over the {MAX_FRAME_BYTES} limit")
         try:
-            text = text.decode("utf-8")
+            text = bytes(frame).decode("utf-8")
         except UnicodeDecodeError:
-            return {"type": INVALID_TYPE, "raw": repr(text[:200]), "problem": "binary frame, not UTF-8"}
+            return _invalid(repr(bytes(frame[:200])), length, "binary frame, not UTF-8")
+    else:
+        text, length = str(frame), len(frame)
+        if length > MAX_FRAME_BYTES:
+            return _invalid(text, length, f"frame of {length} characters, over the {MAX_FRAME_BYTES} limit")
+    value, problem, cut = load_json(text)
+    if problem is not None:
+        return _invalid(text, length, problem)
+    if not isinstance(value, dict):
+        return _invalid(text, length, "JSON but not an object")
+    bounded = value
+    kind, outer = _event_type(bounded)
+    raw = text if len(text) <= MAX_RAW_CHARS and not cut else _evidence(bounded, text)
+    if kind is None:
+        return Message({**bounded, "type": INVALID_TYPE}, raw=raw, raw_length=length, problem="no type", cut=cut)
+    return Message({**bounded, "type": kind}, raw=raw, raw_length=length, outer_type=outer, cut=cut)
+
+
+def load_json(text: str | bytes, limit: int = MAX_FRAME_BYTES) -> tuple[Any, str | None, bool]:
+    """`(value, problem, cut)`: JSON text decoded within the bounds, or None and why not.
+
+    For every JSON that comes from outside (frames, HTTP bodies, imported
+    files): `json.loads` alone raises RecursionError on deep nesting and
+    keeps megabyte strings whole.
+    """
+    if len(text) > limit:
+        return None, f"{len(text)} characters, over the {limit} limit", False
     try:
         value = json.loads(text)
-    except ValueError:
-        return {"type": INVALID_TYPE, "raw": text[:2000], "problem": "not JSON"}
     except RecursionError:
-        return {"type": INVALID_TYPE, "raw": text[:2000], "problem": "JSON nested too deeply"}
-    if not isinstance(value, dict):
-        return {"type": INVALID_TYPE, "raw": text[:2000], "problem": "JSON but not an object"}
-    if not isinstance(value.get("type"), str) or not value["type"]:
-        return {**value, "type": INVALID_TYPE, "raw": text[:2000], "problem": "no type"}
-    return value
+        return None, "JSON nested too deeply", False
+    except ValueError:
+        return None, "not JSON", False
+    value, cut = _bounded(value, 0)
+    return value, None, cut
+
+
+def message_from_row(row: Mapping[str, Any]) -> Message:
+    """The message of a frames-table row: its payload decoded, else (a payload cut or redacted
+    beyond reading, a trace from elsewhere) a message built from the row's columns."""
+    message = decode(row.get("payload") or "")
+    if message.valid:
+        return message
+    kind = row.get("type")
+    if not isinstance(kind, str) or not kind or kind in ("open", "ready", "close", "error"):
+        return message
+    fields = {name: row.get(name) for name in ROW_FIELDS}
+    fields = {k: v for k, v in fields.items() if isinstance(v, (str, int, float)) and v == v}
+    return Message(fields, raw=message.raw, raw_length=message.raw_length)
+
+
+#: The columns of a frames-table row that hold message fields.
+ROW_FIELDS = ("type", "run_id", "user_id", "thread_id", "tool_name")
+
+
+def _invalid(text: str, length: int, problem: str) -> Message:
+    return Message({"type": INVALID_TYPE}, raw=cut_text(text, MAX_RAW_CHARS), raw_length=length, problem=problem)
+
+
+def cut_text(text: str, limit: int) -> str:
+    """`text` within `limit` characters: longer text is cut and says how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}…[cut: {len(text)} characters]"
+
+
+def _bounded(value: Any, depth: int) -> tuple[Any, bool]:
+    """`value` within the bounds (depth, items, string length), and whether anything was cut."""
+    if isinstance(value, str):
+        return (value, False) if len(value) <= MAX_STRING_CHARS else (cut_text(value, MAX_STRING_CHARS), True)
+    if not isinstance(value, (dict, list)):
+        return value, False
+    if depth >= MAX_DEPTH:
+        return f"…[cut: nested deeper than {MAX_DEPTH} levels]", True
+    cut = len(value) > MAX_ITEMS
+    if isinstance(value, dict):
+        kept: Any = {}
+        for key, inner in list(value.items())[:MAX_ITEMS]:
+            kept[key], inner_cut = _bounded(inner, depth + 1)
+            cut = cut or inner_cut
+        if len(value) > MAX_ITEMS:
+            kept["…"] = f"[cut: {len(value)} keys]"
+        return kept, cut
+    items = []
+    for inner in value[:MAX_ITEMS]:
+        item, inner_cut = _bounded(inner, depth + 1)
+        items.append(item)
+        cut = cut or inner_cut
+    if len(value) > MAX_ITEMS:
+        items.append(f"…[cut: {len(value)} items]")
+    return items, cut
+
+
+def _event_type(message: dict[str, Any]) -> tuple[str | None, str | None]:
+    """`(type, outer type)`: an agent event wrapped as `data.type` under a wrapper type is that event."""
+    kind = message.get("type")
+    if not isinstance(kind, str) or not kind:
+        return None, None
+    inner = message.get("data")
+    if kind in WRAPPER_TYPES and isinstance(inner, dict) and inner.get("type") in RUN_EVENT_TYPES:
+        return inner["type"], kind
+    return kind, None
+
+
+def _evidence(bounded: dict[str, Any], text: str) -> str:
+    """The text kept for a frame that was too long or had values cut: the bounded message re-encoded."""
+    encoded = json.dumps(bounded, ensure_ascii=False, separators=(",", ":"), default=str)
+    return cut_text(encoded, MAX_RAW_CHARS)
 
 
 def field(message: dict[str, Any], name: str, default: Any = None) -> Any:

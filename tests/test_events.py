@@ -256,12 +256,6 @@ def test_payload_is_the_source_so_traces_from_elsewhere_work():
     assert judged.loc[0, "run_id"] == "r1" and judged.loc[0, "owner"] == "u1" and judged.loc[0, "complete"]
 
 
-def test_a_row_with_an_unreadable_payload_falls_back_to_its_columns():
-    row = {"attempt_id": "a1", "t_ms": 1.0, "direction": "received", "type": "agent_started", "run_id": "r1",
-           "user_id": "u1", "thread_id": None, "tool_name": None, "payload": "<redacted"}
-    assert events.message_of(row) == {"type": "agent_started", "run_id": "r1", "user_id": "u1"}
-
-
 def test_transitions_are_the_gaps_between_consecutive_events():
     table = events.transitions(frames(*received("a1", run(HEALTHY), gap=20.0)), {"a1": "u1"})
     assert list(table["transition"]) == ["agent_started > agent_thinking", "agent_thinking > tool_executing",

@@ -77,14 +77,58 @@ def test_handshake_reply_echoes_ids_from_any_layout():
     ("[" * 100_000 + "]" * 100_000, "JSON nested too deeply"),
 ])
 def test_bad_frames_become_evidence(raw, problem):
-    message = protocol.parse_frame(raw)
+    message = protocol.decode(raw)
     assert message["type"] == protocol.INVALID_TYPE
-    assert message["problem"] == problem
+    assert message.problem == problem and not message.valid
+    assert len(message.raw) <= protocol.MAX_RAW_CHARS + 40 and message.raw_length == len(raw)
 
 
-def test_good_frame_parses():
-    assert protocol.parse_frame(json.dumps({"type": "pong"})) == {"type": "pong"}
-    assert protocol.parse_frame(b'{"type": "pong"}') == {"type": "pong"}
+def test_good_frame_decodes():
+    assert protocol.decode(json.dumps({"type": "pong"})) == {"type": "pong"}
+    message = protocol.decode(b'{"type": "pong"}')
+    assert message == {"type": "pong"} and message.valid and message.raw == '{"type": "pong"}'
+
+
+def test_a_frame_over_the_size_limit_is_refused_not_decoded():
+    raw = json.dumps({"type": "pong", "pad": "x" * protocol.MAX_FRAME_BYTES})
+    message = protocol.decode(raw)
+    assert message["type"] == protocol.INVALID_TYPE and "over the" in message.problem
+    assert message.raw_length == len(raw) and len(message.raw) < protocol.MAX_RAW_CHARS + 100
+
+
+def test_long_strings_wide_containers_and_deep_nesting_are_cut_with_a_marker():
+    deep: dict = {"leaf": 1}
+    for _ in range(protocol.MAX_DEPTH + 5):
+        deep = {"d": deep}
+    raw = json.dumps({"type": "agent_completed", "result": "y" * 100_000, "items": list(range(1000)), "deep": deep})
+    message = protocol.decode(raw)
+    assert message.valid and message.cut and message["type"] == "agent_completed"
+    assert len(message["result"]) < protocol.MAX_STRING_CHARS + 50 and "100000 characters" in message["result"]
+    assert len(message["items"]) == protocol.MAX_ITEMS + 1 and "1000 items" in message["items"][-1]
+    inner = message["deep"]
+    for _ in range(protocol.MAX_DEPTH - 1):
+        inner = inner["d"]
+    assert isinstance(inner, str) and "nested deeper" in inner
+    assert message.raw_length == len(raw) and len(message.raw) <= protocol.MAX_RAW_CHARS + 40
+    assert protocol.decode(message.raw.split("…[cut")[0]).problem == "not JSON"  # evidence, cut: said so
+
+
+def test_an_event_wrapped_in_data_type_is_that_event():
+    wrapped = {"type": "agent_progress", "run_id": "r1", "data": {"type": "agent_thinking", "thought": "..."}}
+    message = protocol.decode(json.dumps(wrapped))
+    assert message["type"] == "agent_thinking" and message.outer_type == "agent_progress"
+    assert protocol.field(message, "run_id") == "r1"
+    status = protocol.decode(json.dumps({"type": "system_message", "data": {"type": "status", "text": "hi"}}))
+    assert status["type"] == "system_message" and status.outer_type is None
+
+
+def test_a_row_decodes_from_its_payload_else_from_its_columns():
+    row = {"type": "agent_started", "run_id": "r1", "user_id": "u1", "thread_id": None, "tool_name": float("nan"),
+           "payload": json.dumps({"type": "agent_started", "run_id": "r1", "data": {"user_id": "u1"}})}
+    assert protocol.message_from_row(row)["data"] == {"user_id": "u1"}
+    assert protocol.message_from_row({**row, "payload": "<redacted"}) == \
+        {"type": "agent_started", "run_id": "r1", "user_id": "u1"}
+    assert protocol.message_from_row({"type": "close", "payload": '{"code": 1000}'})["type"] == protocol.INVALID_TYPE
 
 
 def test_error_forms_and_user_facing_text():

@@ -44,7 +44,7 @@ from websockets.http11 import Request, Response
 
 from gp_lib.auth import TokenError, mint_token, token_from_offer, verify_token
 from gp_lib.protocol import (AGENT_REQUEST_ALIASES, HANDSHAKE_ACK, INTERNAL_ERROR, INVALID_TYPE, POLICY_VIOLATION,
-                             SERVICES, field as read_field, parse_frame)
+                             SERVICES, decode, field as read_field)
 from gp_lib.refserver.agent import UNAVAILABLE_TEXT, RunBook, run_agent, run_fallback, run_stalled
 from gp_lib.refserver.dialect import Dialect
 from gp_lib.refserver.factory import ConnectionManager, ConnectionManagerFactory, FactoryInitializationError
@@ -275,10 +275,10 @@ class ReferenceServer:
             return
 
     async def _on_frame(self, conn: _Connection, raw: str | bytes) -> None:
-        message = parse_frame(raw)
+        message = decode(raw)
         kind = message["type"]
         if kind == INVALID_TYPE:
-            await self._send(conn, self.dialect.error(f"Invalid message: {message['problem']}", "INVALID_MESSAGE",
+            await self._send(conn, self.dialect.error(f"Invalid message: {message.problem}", "INVALID_MESSAGE",
                                                       suggestions=("Send a JSON object with a string type.",)))
         elif kind == "system_health_check":
             await self._send(conn, self._system_status())

@@ -213,7 +213,7 @@ def _connection_id(record: AttemptRecord) -> str | None:
     for row in record.frames:
         if row["direction"] != "received":
             continue
-        message = protocol.parse_frame(row["payload"] or "")
+        message = protocol.message_from_row(row)
         if protocol.is_ready_marker(message):
             value = protocol.field(message, "connection_id")
             return None if value is None else str(value)

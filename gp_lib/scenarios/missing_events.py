@@ -288,7 +288,7 @@ def reconnect_status(attempts: pd.DataFrame, frames: pd.DataFrame) -> pd.DataFra
         status = _frames_of(frames, by_condition.get("reconnect_status"))
         asked = status[(status["direction"] == "sent") & (status["type"] == "status_request")]
         thread_id = asked["thread_id"].iloc[0] if len(asked) else None
-        answers = [events.message_of(r) for r in status[status["direction"] == "received"].to_dict(orient="records")]
+        answers = [protocol.message_from_row(r) for r in status[status["direction"] == "received"].to_dict(orient="records")]
         answer = next((m for m in answers if protocol.is_status(m) or protocol.is_error(m)), None)
         answer = answer or {}
         state = protocol.field(answer, "state")

@@ -215,7 +215,7 @@ def early_messages(attempts: pd.DataFrame, frames: pd.DataFrame) -> pd.DataFrame
         pending = [{"attempt_id": attempt_id, "message_type": kind, "t_sent_ms": t, "answered": False,
                     "answer_type": None, "t_answer_ms": None} for kind, t in zip(sent["type"], sent["t_ms"])]
         for frame in own[own["direction"] == "received"].to_dict(orient="records"):
-            message, kind, t = events.message_of(frame), frame["type"], frame["t_ms"]
+            message, kind, t = protocol.message_from_row(frame), frame["type"], frame["t_ms"]
             if kind == "ack":
                 named = protocol.field(message, "received_type")
                 row = next((r for r in pending if not r["answered"] and r["message_type"] == named), None)

@@ -267,7 +267,7 @@ def request_summary(record: AttemptRecord, deadline_s: float) -> dict[str, Any]:
     for row in record.frames:
         if row["direction"] != "received" or not t_sent <= row["t_ms"] <= window_end:
             continue
-        message = protocol.parse_frame(row["payload"] or "")
+        message = protocol.message_from_row(row)
         if row["type"] not in _NOT_ANSWERS and not protocol.is_ready_marker(message):
             answers.append((row["t_ms"], message))
     messages = [m for _, m in answers]
@@ -366,10 +366,7 @@ def _get(url: str, timeout_s: float) -> tuple[int | None, str]:
 def health_answer(body: bytes) -> str:
     """A short summary of a health body: its status and the services it says are down."""
     text = body.decode("utf-8", "replace").strip()
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return redact(text[:120]) or "(empty body)"
+    value, _, _ = protocol.load_json(text)
     if not isinstance(value, dict) or "status" not in value:
         return redact(text[:120]) or "(empty body)"
     availability = value.get("service_availability")

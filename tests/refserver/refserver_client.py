@@ -19,7 +19,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from gp_lib.auth import connect_kwargs, mint_token
-from gp_lib.protocol import HANDSHAKE_RESPONSE, handshake_reply, is_ready_marker, parse_frame
+from gp_lib.protocol import HANDSHAKE_RESPONSE, decode, handshake_reply, is_ready_marker
 
 TIME_SCALE = float(os.environ.get("GP_TIME_SCALE") or 1.0)
 FRAME_LIMIT = 500
@@ -46,7 +46,7 @@ class Session:
             raw = await asyncio.wait_for(self.ws.recv(), scaled(timeout))
         except TimeoutError:
             raise AssertionError(f"no frame within {timeout} s; so far: {self.types()}") from None
-        frame = parse_frame(raw)
+        frame = decode(raw)
         self.frames.append(frame)
         return frame
 
@@ -88,7 +88,7 @@ class Session:
                 raw = await asyncio.wait_for(self.ws.recv(), remaining)
             except (TimeoutError, ConnectionClosed):
                 break
-            received.append(parse_frame(raw))
+            received.append(decode(raw))
         self.frames.extend(received)
         return received
 
@@ -100,7 +100,7 @@ class Session:
             if remaining <= 0:
                 break
             try:
-                self.frames.append(parse_frame(await asyncio.wait_for(self.ws.recv(), remaining)))
+                self.frames.append(decode(await asyncio.wait_for(self.ws.recv(), remaining)))
             except TimeoutError:
                 break
             except ConnectionClosed:
