@@ -8,13 +8,14 @@ for the `faulty` and `fixed` arms: same tunables, fault on or off),
 then does the rest:
 
 - live mode (`target_url` set): drive once against the target, arm `live`;
-- reference mode: start the reference server with the fault, drive (arm
-  `faulty`), start it again without (arm `fixed`), and judge both.
+- reference mode: start the reference server with the fault (arm `faulty`)
+  and another without (arm `fixed`), drive both at once, and judge both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import re
 import secrets
@@ -22,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Protocol, Sequence
 from urllib.parse import urlparse
 
 import pandas as pd
@@ -338,16 +339,18 @@ async def run_scenario(module: ScenarioModule, params: CommonParams, *,
         target = Target(params.target_url, "live", module.NAME, params, credentials, progress=progress)
         observations["live"] = await module.drive(target)
     else:
-        from gp_lib.refserver import running_server
-
         secret = secrets.token_urlsafe(32)
         register_secret(secret)
         credentials = Credentials(dataclasses.replace(params, env="local"), secret=secret)
-        for arm in ("faulty", "fixed"):
-            faults = module.reference_faults(arm, params)
-            with running_server(faults=faults, dialect=params.dialect, secret=secret) as server:
+
+        async def drive_arm(arm: str) -> Observation:
+            async with reference_server(module.reference_faults(arm, params), params.dialect, secret) as server:
                 target = Target(server.url, arm, module.NAME, params, credentials, server=server, progress=progress)
-                observations[arm] = await module.drive(target)
+                return await module.drive(target)
+
+        # Each arm has its own server process, so the two run at once: half the wall time, same traffic.
+        faulty, fixed = await asyncio.gather(drive_arm("faulty"), drive_arm("fixed"))
+        observations.update(faulty=faulty, fixed=fixed)
     arm_checks, arm_metrics = {}, {}
     for arm, observation in observations.items():
         arm_checks[arm], arm_metrics[arm] = module.evaluate(observation, params)
@@ -359,6 +362,19 @@ async def run_scenario(module: ScenarioModule, params: CommonParams, *,
     return ScenarioResult(module.NAME, params.mode, params.target_url, params.public(), observations,
                           arm_checks, arm_metrics, checks, metrics, started, _now(),
                           error=unreachable_error(observations))
+
+
+@contextlib.asynccontextmanager
+async def reference_server(faults: Mapping[str, Any], dialect: str, secret: str) -> AsyncIterator[Any]:
+    """`gp_lib.refserver.running_server`, started and stopped in a thread so other traffic goes on meanwhile."""
+    from gp_lib.refserver import running_server
+
+    stack = contextlib.ExitStack()
+    server = await asyncio.to_thread(stack.enter_context, running_server(faults=faults, dialect=dialect, secret=secret))
+    try:
+        yield server
+    finally:
+        await asyncio.to_thread(stack.close)
 
 
 def unreachable_error(observations: Mapping[str, Observation]) -> str | None:

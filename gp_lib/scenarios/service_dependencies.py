@@ -15,10 +15,12 @@ The traffic, per arm, one connection per request:
 2. with nothing taken down, at once: a healthy baseline `agent_request`;
    `agent_request`s with the test flag `simulate_agent_unavailable`, and with
    `require_llm`; a plain `message` with `simulate_agent_unavailable`;
-3. reference mode only: each service of `outages` in turn is taken down
-   through the reference server's admin endpoint, the health probes repeated,
-   `agent_request`s that need the LLM sent (so every outage touches them), and
-   the service restored.
+3. reference mode only: for each service of `outages`, at the same time as
+   the rest, a reference server of its own with the arm's faults has it taken
+   down through its admin endpoint, the health probes repeated there, and
+   `agent_request`s that need the LLM sent (so every outage touches them).
+   One server per outage, so that the outages' silent deadlines overlap
+   instead of adding up, and each health answer names only its own outage.
 
 Each request ends in exactly one of `REQUEST_OUTCOMES`, judged on what arrived
 within `receive_timeout_s` of sending it:
@@ -42,6 +44,7 @@ users would have seen, per condition.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import urllib.error
 import urllib.request
@@ -58,7 +61,7 @@ from gp_lib.client import LOOPBACK
 from gp_lib.protocol import AGENT_COMPLETED, AGENT_STARTED, SERVICES
 from gp_lib.redact import redact
 from gp_lib.scenarios.common import (CommonParams, Observation, ParameterError, ScenarioResult, Target,
-                                     bounded_gather, list_field, run_scenario)
+                                     bounded_gather, list_field, reference_server, run_scenario)
 from gp_lib.trace import AttemptRecord, connection_metrics, percentile
 
 NAME = "service_dependencies"
@@ -166,30 +169,20 @@ def request_message(request: Request, thread_id: str) -> dict[str, Any]:
 
 
 async def drive(target: Target) -> Observation:
-    """Health probes, flagged requests, then (reference mode) one outage per service, each restored."""
+    """Health probes and flagged requests; in reference mode every outage at once, each on a server of its own."""
     params: Params = target.params
-    phases: list[tuple[str | None, str, list[Request]]] = [(None, HEALTHY, list(NOTHING_DOWN_REQUESTS))]
+    phases: list[tuple[str | None, list[Request]]] = [(None, list(NOTHING_DOWN_REQUESTS))]
     if target.server is not None:
-        phases += [(s, outage_request(s).condition, [outage_request(s)]) for s in params.outages]
-    total = sum(len(requests) for _, _, requests in phases) * params.requests_per_condition
-    bar = target.bar(total, "requests")
-    records: list[AttemptRecord] = []
-    probes: list[dict[str, Any]] = []
-    try:
-        for service, condition, requests in phases:
-            if service is not None:
-                await asyncio.to_thread(target.server.set_faults, services_down=[service])
-            try:
-                if params.health_probes:
-                    probes += await probe_health(target.url, condition, params.open_timeout_s)
-                jobs = [partial(send_request, target, r, len(records) + n) for n, r in
-                        enumerate(r for r in requests for _ in range(params.requests_per_condition))]
-                records += await bounded_gather(jobs, params.max_concurrency, bar)
-            finally:
-                if service is not None:
-                    await asyncio.to_thread(target.server.set_faults, services_down=[])
+        phases += [(s, [outage_request(s)]) for s in params.outages]
+    sizes = [len(requests) * params.requests_per_condition for _, requests in phases]
+    bar = target.bar(sum(sizes), "requests")
+    try:  # each phase waits out its own silences, so they overlap: one deadline, not one per outage
+        done = await asyncio.gather(*(_phase(target, service, requests, sum(sizes[:n]), bar)
+                                      for n, (service, requests) in enumerate(phases)))
     finally:
         bar.close()
+    records = [record for phase_records, _ in done for record in phase_records]
+    probes = [probe for _, phase_probes in done for probe in phase_probes]
     observation = Observation.from_records(target.arm, records)
     observation.tables["user_messages"] = user_messages(observation.attempts,
                                                         conditions(params, target.server is not None))
@@ -197,12 +190,34 @@ async def drive(target: Target) -> Observation:
     return observation
 
 
-async def send_request(target: Target, request: Request, number: int) -> AttemptRecord:
-    """Request `number` of the arm, on its own connection, answered or not within the deadline."""
+async def _phase(target: Target, service: str | None, requests: list[Request], first: int,
+                 bar: Any) -> tuple[list[AttemptRecord], list[dict[str, Any]]]:
+    """One condition's probes and requests; with `service`, against a reference server that has it down.
+
+    The outage server runs the arm's faults; the service is taken down through its admin endpoint.
+    """
+    params: Params = target.params
+    async with contextlib.AsyncExitStack() as stack:
+        url = target.url
+        condition = HEALTHY
+        if service is not None:
+            faults = await asyncio.to_thread(target.server.faults)
+            server = await stack.enter_async_context(reference_server(faults, params.dialect, target.server.secret))
+            await asyncio.to_thread(server.set_faults, services_down=[service])
+            url, condition = server.url, outage_request(service).condition
+        probes = await probe_health(url, condition, params.open_timeout_s) if params.health_probes else []
+        jobs = [partial(send_request, target, r, first + n, url) for n, r in
+                enumerate(r for r in requests for _ in range(params.requests_per_condition))]
+        return await bounded_gather(jobs, params.max_concurrency, bar), probes
+
+
+async def send_request(target: Target, request: Request, number: int, url: str | None = None) -> AttemptRecord:
+    """Request `number` of the arm, on its own connection (to `url`, default the target's), answered or
+    not within the deadline."""
     params: Params = target.params
     conn = await target.connection(f"service_dep_test_user_{number + 1}", condition=request.condition,
-                             extra={"request": request.kind, "flags": ",".join(request.flags),
-                                    "service_down": request.service_down})
+                                   extra={"request": request.kind, "flags": ",".join(request.flags),
+                                          "service_down": request.service_down}, url=url or target.url)
     async with conn:
         if conn.is_open:
             await conn.wait_ready()
