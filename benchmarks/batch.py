@@ -13,8 +13,8 @@ slowest notebook run alone (aim: <= 1.3).
 Then, for each notebook in both batches, the time of each phase, all measured
 from timestamps the run itself recorded:
 
-- worker: the batch worker before papermill starts the notebook (importing papermill)
-  and after it ends (the junit time less papermill's notebook duration);
+- worker: the junit time less papermill's notebook duration (the worker's own share:
+  papermill's setup and writing the executed notebook);
 - kernel: papermill's notebook start to its first cell (kernel start);
 - imports: the cell that imports `gp_lib`;
 - servers: the rest of the traffic cell: reference servers starting and stopping, judging;
@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -45,25 +44,58 @@ from gp_lib.batch import REGISTRY, default_jobs
 PHASES = ("worker", "kernel", "imports", "servers", "traffic", "plots", "cells", "render")
 
 
-def batch(out: Path, jobs: int | None, params: str | None) -> tuple[float, float, dict[str, float]]:
-    """Wall and CPU seconds of one `gp report`, and each notebook's seconds from its junit.xml."""
+def batch(out: Path, jobs: int | None, params: str | None) -> tuple[float, float, dict[str, float], float]:
+    """Wall and CPU seconds of one `gp report`, each notebook's seconds from its junit.xml, and when it began
+    (epoch seconds)."""
     command = [sys.executable, "-m", "gp_lib.cli", "report", "--out", str(out)]
     command += ["--jobs", str(jobs)] if jobs else []
     command += ["--params", params] if params else []
-    cpu_before = _children_cpu()
+    began = time.time()
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    cpu = _children_cpu() - cpu_before
-    if done.returncode not in (0, 1):
-        sys.exit(f"gp report --jobs {jobs} exited {done.returncode}:\n{done.stderr}")
+    with tempfile.TemporaryFile("w+") as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+        cpu = tree_cpu(process)
+        wall = time.perf_counter() - started
+        if process.returncode not in (0, 1):
+            stderr.seek(0)
+            sys.exit(f"gp report --jobs {jobs} exited {process.returncode}:\n{stderr.read()}")
     suites = ET.parse(out / "junit.xml").getroot().iter("testsuite")
-    return wall, cpu, {s.get("name"): float(s.get("time")) for s in suites}
+    return wall, cpu, {s.get("name"): float(s.get("time")) for s in suites}, began
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+def tree_cpu(process: subprocess.Popen, every_s: float = 0.1) -> float:
+    """CPU seconds of `process` and all its descendants until it exits, sampled from /proc.
+
+    Sampled rather than taken from getrusage, since the batch's notebook workers are children
+    of a fork server that nobody waits for; a process that lives less than `every_s` may be missed.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    seen: dict[int, float] = {}
+    while process.poll() is None:
+        parents = {}
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                pid = int(entry.name)
+                parents[pid] = int(fields[1])
+                if _descends(pid, process.pid, parents):
+                    seen[pid] = (int(fields[11]) + int(fields[12])) / tick
+        time.sleep(every_s)
+    return sum(seen.values())
+
+
+def _descends(pid: int, root: int, parents: dict[int, int]) -> bool:
+    while pid not in (root, 0, 1):
+        if pid not in parents:
+            try:
+                parents[pid] = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                return False
+        pid = parents[pid]
+    return pid == root
 
 
 def phases(out: Path, scenario: str, seconds: float) -> dict[str, float]:
@@ -128,12 +160,29 @@ def _time(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def show_phases(title: str, out: Path, seconds: dict[str, float]) -> None:
-    print(f"\n{title}: seconds per phase")
-    print(f"  {'notebook':<24} {'total':>6} " + " ".join(f"{p:>8}" for p in PHASES))
+def notebook_window(out: Path, scenario: str) -> tuple[float, float]:
+    """When papermill started and ended the scenario's notebook (epoch seconds)."""
+    meta = json.loads((out / "notebooks" / REGISTRY[scenario].notebook).read_text())["metadata"]["papermill"]
+    return _time(meta["start_time"]), _time(meta["end_time"])
+
+
+def show_phases(title: str, out: Path, seconds: dict[str, float], began: float, wall: float) -> None:
+    """Each notebook's phases, when it ran within the batch, and the batch's time outside every notebook."""
+    print(f"\n{title}: seconds per phase; from/to: seconds since the batch began")
+    print(f"  {'notebook':<24} {'from':>5} {'to':>5} {'total':>6} " + " ".join(f"{p:>8}" for p in PHASES))
+    windows = {}
     for scenario, total in seconds.items():
         times = phases(out, scenario, total)
-        print(f"  {scenario:<24} {total:6.1f} " + " ".join(f"{times[p]:8.2f}" for p in PHASES))
+        windows[scenario] = [t - began for t in notebook_window(out, scenario)]
+        start, end = windows[scenario]
+        print(f"  {scenario:<24} {start:5.1f} {end:5.1f} {total:6.1f} " + " ".join(f"{times[p]:8.2f}" for p in PHASES))
+    busy, covered_to = 0.0, 0.0
+    for start, end in sorted(windows.values()):
+        busy += max(0.0, end - max(start, covered_to))
+        covered_to = max(covered_to, end)
+    first = min(start for start, _ in windows.values())
+    print(f"  outside every notebook: {wall - busy:.1f} s of {wall:.1f} s ({first:.1f} s before the first started, "
+          f"{wall - covered_to:.1f} s after the last ended)")
 
 
 def main() -> None:
@@ -145,16 +194,16 @@ def main() -> None:
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as folder:
         serial_out, parallel_out = Path(folder) / "serial", Path(folder) / "parallel"
-        serial, serial_cpu, solo = batch(serial_out, 1, args.params)
-        parallel, parallel_cpu, together = batch(parallel_out, args.jobs, args.params)
+        serial, serial_cpu, solo, serial_began = batch(serial_out, 1, args.params)
+        parallel, parallel_cpu, together, parallel_began = batch(parallel_out, args.jobs, args.params)
         slowest = max(solo, key=solo.get)
         print(f"cores: {os.cpu_count()}; load average before: {load:.2f}; "
               f"parameters: {args.params or 'notebook defaults'}")
         print(f"batch --jobs 1:  {serial:6.1f} s wall, {serial_cpu:6.1f} s CPU")
         jobs = f"--jobs {args.jobs}" if args.jobs else f"default ({default_jobs()} jobs)"
         print(f"batch {jobs}:  {parallel:6.1f} s wall, {parallel_cpu:6.1f} s CPU")
-        show_phases("each notebook alone (--jobs 1)", serial_out, solo)
-        show_phases(f"in the batch ({jobs})", parallel_out, together)
+        show_phases("each notebook alone (--jobs 1)", serial_out, solo, serial_began, serial)
+        show_phases(f"in the batch ({jobs})", parallel_out, together, parallel_began, parallel)
     print(f"\nbatch / slowest notebook alone ({slowest}, {solo[slowest]:.1f} s): "
           f"{parallel / solo[slowest]:.2f} (aim <= 1.3)")
 

@@ -242,7 +242,10 @@ def run_plan(plan: Plan) -> dict[str, Any]:
         register_secret(os.environ.get(layered.params.bypass_key_env))
     (plan.out / "notebooks").mkdir(parents=True, exist_ok=True)
     outcomes: dict[str, Outcome] = {}
-    context = multiprocessing.get_context("spawn")
+    # Workers fork from a server process that imported the batch and papermill once (over a second of CPU
+    # that each spawned worker would pay again); it is single-threaded, so forking it is safe.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["gp_lib.batch", "papermill"])
     with _sigterm_as_interrupt(), ProcessPoolExecutor(max_workers=plan.jobs, mp_context=context, max_tasks_per_child=1) as pool:
         waiting, running = list(plan.entries), {}
         while waiting or running:  # submitted only as workers free up: after Ctrl-C no notebook starts
