@@ -95,6 +95,11 @@ class TracedConnection:
         return (time.perf_counter() - self._t0) * 1000.0
 
     @property
+    def started_monotonic(self) -> float:
+        """When this attempt started, on this process's `time.perf_counter` clock (to align processes)."""
+        return self._t0
+
+    @property
     def is_open(self) -> bool:
         return self._ws is not None and not self._closed.is_set()
 

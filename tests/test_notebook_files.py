@@ -49,13 +49,15 @@ def test_only_known_tags(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebooks_stay_thin(path):
-    """Logic lives in gp_lib: no function or class definitions in a notebook, and short code cells."""
+    """Logic lives in gp_lib: no function or class definitions in a notebook, and short code cells (the
+    parameters cell aside: it has a line per parameter)."""
     for cell in _cells(path):
         if cell["cell_type"] != "code":
             continue
         source = "".join(cell["source"])
         assert "def " not in source and "class " not in source, f"{path.name}: define logic in gp_lib, not here"
-        assert len(source.splitlines()) <= 30, f"{path.name}: a code cell of {len(source.splitlines())} lines"
+        parameters = "parameters" in cell.get("metadata", {}).get("tags", [])  # assignments only: one per parameter
+        assert parameters or len(source.splitlines()) <= 30, f"{path.name}: a code cell of {len(source.splitlines())} lines"
 
 
 #: Notebooks whose parameters are a Params class: what `gp report` validates before any traffic.

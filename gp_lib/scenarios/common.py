@@ -181,6 +181,7 @@ class Target:
     credentials: Credentials
     server: Any = None                    # gp_lib.refserver.ServerHandle in reference mode
     progress: Callable[..., Any] | None = None
+    pool: Any = None                      # gp_lib.storm.Pool: where storms too large for this process go
     _counter: int = 0
 
     def next_id(self) -> str:
@@ -333,24 +334,32 @@ async def run_scenario(module: ScenarioModule, params: CommonParams, *,
     params.validate()
     started = _now()
     observations: dict[str, Observation] = {}
-    if params.target_url:
-        credentials = Credentials(params)
-        await credentials.token_for("golden-path-preflight")  # a staging auth failure stops the run here
-        target = Target(params.target_url, "live", module.NAME, params, credentials, progress=progress)
-        observations["live"] = await module.drive(target)
-    else:
-        secret = secrets.token_urlsafe(32)
-        register_secret(secret)
-        credentials = Credentials(dataclasses.replace(params, env="local"), secret=secret)
+    from gp_lib.storm import Pool
 
-        async def drive_arm(arm: str) -> Observation:
-            async with reference_server(module.reference_faults(arm, params), params.dialect, secret) as server:
-                target = Target(server.url, arm, module.NAME, params, credentials, server=server, progress=progress)
-                return await module.drive(target)
+    pool = Pool.for_params(params)  # starts worker processes only when a storm is large enough to need them
+    try:
+        if params.target_url:
+            credentials = Credentials(params)
+            await credentials.token_for("golden-path-preflight")  # a staging auth failure stops the run here
+            target = Target(params.target_url, "live", module.NAME, params, credentials, progress=progress, pool=pool)
+            observations["live"] = await module.drive(target)
+        else:
+            secret = secrets.token_urlsafe(32)
+            register_secret(secret)
+            credentials = Credentials(dataclasses.replace(params, env="local"), secret=secret)
 
-        # Each arm has its own server process, so the two run at once: half the wall time, same traffic.
-        faulty, fixed = await asyncio.gather(drive_arm("faulty"), drive_arm("fixed"))
-        observations.update(faulty=faulty, fixed=fixed)
+            async def drive_arm(arm: str) -> Observation:
+                async with reference_server(module.reference_faults(arm, params), params.dialect, secret) as server:
+                    target = Target(server.url, arm, module.NAME, params, credentials, server=server,
+                                    progress=progress, pool=pool)
+                    return await module.drive(target)
+
+            # Each arm has its own server process, so the two run at once: half the wall time, same traffic.
+            faulty, fixed = await asyncio.gather(drive_arm("faulty"), drive_arm("fixed"))
+            observations.update(faulty=faulty, fixed=fixed)
+    finally:
+        if pool is not None:
+            await pool.aclose()
     arm_checks, arm_metrics = {}, {}
     for arm, observation in observations.items():
         arm_checks[arm], arm_metrics[arm] = module.evaluate(observation, params)

@@ -51,13 +51,14 @@ from typing import Any
 
 import pandas as pd
 
-from gp_lib import events, protocol
+from gp_lib import events, protocol, storm
 from gp_lib.checks import Check, ratio_check
+from gp_lib.load import LoadMeter, judged_with_client_load, load_table, process_name
 from gp_lib.client import TracedConnection
 from gp_lib.protocol import AGENT_STARTED, EVENT_NAMES
-from gp_lib.scenarios.common import (CommonParams, Observation, ParameterError, ScenarioResult, Target,
-                                     bounded_gather, run_scenario)
+from gp_lib.scenarios.common import CommonParams, Observation, ParameterError, ScenarioResult, Target, run_scenario
 from gp_lib.refserver.faults import FAULT_MODES
+from gp_lib.storm import SpreadParams
 from gp_lib.trace import AttemptRecord, connection_metrics, percentile
 
 NAME = "missing_events"
@@ -72,7 +73,7 @@ RECONNECT_USER = "events_reconnect_user"
 
 
 @dataclass
-class Params(CommonParams):
+class Params(SpreadParams, CommonParams):
     """Parameters of the missing-events scenario (the common ones, plus these)."""
 
     sequential_runs: int = 10              # agent runs one after another on one connection
@@ -130,12 +131,14 @@ async def drive(target: Target) -> Observation:
     bar = target.bar(total, "agent runs")
     records: list[AttemptRecord] = []
     try:
-        records += await _reconnects(target, deadline, bar)
-        records += await _concurrent(target, deadline, bar)
-        records += await _sequential(target, deadline, bar)
+        async with LoadMeter(process_name(), f"{target.arm} traffic in this process") as meter:
+            records += await _reconnects(target, deadline, bar)
+            concurrent, spread = await _concurrent(target, deadline, bar)
+            records += concurrent
+            records += await _sequential(target, deadline, bar)
     finally:
         bar.close()
-    observation = Observation.from_records(target.arm, records)
+    observation = Observation.from_records(target.arm, records, {"client_load": load_table([meter.row(), *spread])})
     observation.tables["runs"] = requested_runs(observation.attempts, observation.frames)
     observation.tables["status"] = reconnect_status(observation.attempts, observation.frames)
     return observation
@@ -166,24 +169,35 @@ async def _sequential(target: Target, deadline: float, bar: Any) -> list[Attempt
     return records
 
 
-async def _concurrent(target: Target, deadline: float, bar: Any) -> list[AttemptRecord]:
-    """All users connected and ready first; then each makes its runs; all listen until everyone is done."""
+async def _concurrent(target: Target, deadline: float, bar: Any) -> tuple[list[AttemptRecord], list[dict[str, Any]]]:
+    """The concurrent users as one storm (`gp_lib.storm`): here, or spread over worker processes when there are
+    at least `spread_from` of them; the records, and the `client_load` rows of the workers."""
     params: Params = target.params
     if not params.concurrent_users or not params.runs_per_user:
-        return []
-    conns = [await target.connection(f"events_concurrent_user_{n}", condition="concurrent")
-             for n in range(1, params.concurrent_users + 1)]
-    ready = await bounded_gather([partial(_ready, c) for c in conns], params.max_concurrency)
+        return [], []
+    records, load = await storm.run(target, concurrent_user, params.concurrent_users, user=concurrent_user_name,
+                                    label="concurrent users", deadline_s=max(0.0, deadline - time.monotonic()))
+    bar.update(params.concurrent_users * params.runs_per_user)
+    return records, load
 
-    async def runs_of(conn: TracedConnection, is_ready: bool) -> None:
-        for _ in range(params.runs_per_user):
-            if is_ready and conn.is_open and time.monotonic() < deadline:
-                await _one_run(conn, params)
-            bar.update(1)
 
-    await bounded_gather([partial(runs_of, c, r) for c, r in zip(conns, ready)], params.max_concurrency)
-    await bounded_gather([partial(c.collect, params.settle_ms / 1000) for c in conns], params.max_concurrency)
-    return list(await bounded_gather([partial(_finish, c) for c in conns], params.max_concurrency))
+def concurrent_user_name(index: int) -> str:
+    return f"events_concurrent_user_{index + 1}"
+
+
+async def concurrent_user(target: Target, index: int, context: Any) -> AttemptRecord:
+    """One concurrent user: connected and ready when all are, its runs, then listening until all are done,
+    so that an event routed to the wrong user lands on a socket that is listening and is seen."""
+    params: Params = target.params
+    conn = await target.connection(concurrent_user_name(index), condition="concurrent")
+    ready = await _ready(conn)
+    await context.together()
+    for _ in range(params.runs_per_user):
+        if ready and conn.is_open and time.monotonic() < context.deadline:
+            await _one_run(conn, params)
+    await context.together()
+    await conn.collect(params.settle_ms / 1000)
+    return await _finish(conn)
 
 
 async def _reconnects(target: Target, deadline: float, bar: Any) -> list[AttemptRecord]:
@@ -363,7 +377,7 @@ def evaluate(observation: Observation, params: Params) -> tuple[list[Check], dic
         "closed_1011": int((outcomes == "closed_1011").sum()),
         **connection_metrics(attempts),
     }
-    return checks, metrics
+    return judged_with_client_load(checks, metrics, observation.tables.get("client_load"), ())
 
 
 def _completeness_check(runs: pd.DataFrame, complete: int, at_least: float) -> Check:

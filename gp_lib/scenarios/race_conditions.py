@@ -40,23 +40,27 @@ from typing import Any
 
 import pandas as pd
 
-from gp_lib import protocol
+from gp_lib import protocol, storm
 from gp_lib.checks import Check, ratio_check
+from gp_lib.load import LoadMeter, judged_with_client_load, load_table, process_name
 from gp_lib.scenarios.common import (CommonParams, Observation, ParameterError, ScenarioResult, Target,
-                                     bounded_gather, list_field, outcome_counts, run_scenario)
+                                     list_field, outcome_counts, run_scenario)
+from gp_lib.storm import SpreadParams
 from gp_lib.trace import AttemptRecord, connection_metrics
 
 NAME = "race_conditions"
 HEADLINE = ("attempts", "closed_1011", "success_rate", "race_window_ms")
 
 PHASES = ("storm", "sweep", "early_burst", "rapid_cycles")
+#: Checks that judge a time, undecidable when the client was saturated.
+TIMING_CHECKS = ("mean_connect_time",)
 #: The columns this scenario adds to each attempts row.
 SCENARIO_COLUMNS = ("phase", "concurrency", "send_delay_ms", "wait_ready", "repeat")
 
 
 @dataclass
-class Params(CommonParams):
-    """Parameters of the race-conditions scenario (the common ones, plus these)."""
+class Params(SpreadParams, CommonParams):
+    """Parameters of the race-conditions scenario (the common ones, the storm-spreading ones, plus these)."""
 
     concurrency_levels: list = list_field(1, 5, 20)        # connections opened together, per batch
     send_delays_ms: list = list_field(0, 1, 2, 5, 10, 20, 50)  # first-send delays after the upgrade, ms
@@ -131,33 +135,48 @@ def plan(params: Params) -> list[Batch]:
 
 
 async def drive(target: Target) -> Observation:
-    """Run every batch of the plan, one after another, until the plan or the deadline ends."""
+    """Run every batch of the plan, one after another, until the plan or the deadline ends.
+
+    Each batch is a storm (`gp_lib.storm`): in this process, or spread over worker processes when it is
+    at least `spread_from` connections; the client's load during each goes into the `client_load` table.
+    """
     params: Params = target.params
     batches = plan(params)
     deadline = time.monotonic() + params.deadline_s
     records: list[AttemptRecord] = []
-    rows = []
+    rows, load = [], []
     bar = target.bar(len(batches), "race traffic")
+    answer_s = params.open_timeout_s + params.ready_timeout_s + params.receive_timeout_s
     try:
-        for batch in batches:
-            started = time.monotonic() < deadline
-            if started:
-                jobs = [partial(_attempt, target, batch, index) for index in range(batch.concurrency)]
-                records += await bounded_gather(jobs, params.max_concurrency)
-            rows.append({"phase": batch.phase, "condition": batch.condition, "concurrency": batch.concurrency,
-                         "send_delay_ms": batch.send_delay_ms, "repeat": batch.repeat, "ran": started})
-            bar.update(1)
+        async with LoadMeter(process_name(), f"{target.arm} traffic in this process") as meter:
+            for batch in batches:
+                started = time.monotonic() < deadline
+                if started:
+                    label = f"{batch.phase} {batch.condition} c={batch.concurrency} at {batch.send_delay_ms:g} ms"
+                    done, spread = await storm.run(target, partial(attempt, batch=batch), batch.concurrency,
+                                                   user=user_name, label=label, deadline_s=answer_s)
+                    records += done
+                    load += spread
+                rows.append({"phase": batch.phase, "condition": batch.condition, "concurrency": batch.concurrency,
+                             "send_delay_ms": batch.send_delay_ms, "repeat": batch.repeat, "ran": started})
+                bar.update(1)
     finally:
         bar.close()
-    return Observation.from_records(target.arm, records, {"batches": pd.DataFrame(rows)})
+    return Observation.from_records(target.arm, records, {"batches": pd.DataFrame(rows),
+                                                          "client_load": load_table([meter.row(), *load])})
 
 
-async def _attempt(target: Target, batch: Batch, index: int) -> AttemptRecord:
+def user_name(index: int) -> str:
+    """The user of connection `index` of a batch."""
+    return f"race_test_user_{index + 1}"
+
+
+async def attempt(target: Target, index: int, context: Any = None, *, batch: Batch) -> AttemptRecord:
     """One connection of a batch: open, (wait for readiness,) send its first message(s), read the answer, close."""
     params: Params = target.params
     extra = {"phase": batch.phase, "concurrency": batch.concurrency, "send_delay_ms": batch.send_delay_ms,
              "wait_ready": batch.wait_ready, "repeat": batch.repeat}
-    conn = await target.connection(f"race_test_user_{index + 1}", condition=batch.condition, extra=extra)
+    conn = await target.connection(user_name(index), condition=batch.condition, extra=extra)
     if await conn.open():
         if not batch.wait_ready or await conn.wait_ready():
             if batch.phase == "early_burst":
@@ -322,7 +341,7 @@ def evaluate(observation: Observation, params: Params) -> tuple[list[Check], dic
     batches = observation.tables.get("batches")
     if batches is not None and len(batches):
         metrics["batches_skipped"] = int((~batches["ran"].astype(bool)).sum())
-    return checks, metrics
+    return judged_with_client_load(checks, metrics, observation.tables.get("client_load"), TIMING_CHECKS)
 
 
 def _all_answered(burst: pd.DataFrame, answered: int) -> Check:

@@ -256,7 +256,7 @@ async def _live(server, monkeypatch, **changes):
 
 
 def _failed(checks):
-    return {c.name for c in checks if not c.passed}
+    return {c.name for c in checks if c.failed}
 
 
 async def test_reference_mode_reproduces_skipped_tool_events_and_verifies_the_fix():
@@ -318,7 +318,8 @@ async def test_live_mode_passes_every_check_against_a_healthy_server_in_any_dial
 async def test_a_target_that_closes_every_connection_is_evidence_not_a_crash(monkeypatch):
     with running_server({"factory": "config"}) as server:
         result = await _live(server, monkeypatch)
-    assert result.verdict == "fail" and not any(c.passed for c in result.checks)
+    judged = [c for c in result.checks if c.name != "client_not_saturated"]  # the client's own load is no evidence
+    assert result.verdict == "fail" and not any(c.passed for c in judged)
     assert all("nothing to judge" in c.evidence for c in result.checks[:4])
     assert result.checks[4].evidence.endswith("trial 0: no answer (closed_1011)")
     assert result.metrics["connections_not_ready"] == result.metrics["attempts"] > 0

@@ -80,7 +80,7 @@ def _by_name(checks):
 
 
 def _failed(checks):
-    return {c.name for c in checks if not c.passed}
+    return {c.name for c in checks if c.failed}
 
 
 # -- evaluate (pure) ----------------------------------------------------------------------------
@@ -317,7 +317,7 @@ async def test_a_send_inside_the_injected_setup_gets_1011_and_one_after_it_or_af
     assert set(closes["close_reason"]) == {"Internal error: message handled before connection setup"}
     faulty = result.arm_metrics["faulty"]
     assert _ms(10) <= faulty["race_window_ms"] < _ms(150)
-    failed = {c.name: c.evidence for c in result.arm_checks["faulty"] if not c.passed}
+    failed = {c.name: c.evidence for c in result.arm_checks["faulty"] if c.failed}
     assert set(failed) == {"no_1011_closes", "success_rate", "early_messages_answered", "rapid_cycles_complete"}
     assert failed["early_messages_answered"].startswith("0 of 6 messages")
     assert failed["rapid_cycles_complete"].startswith("0 of 3 ")
@@ -345,7 +345,7 @@ async def test_live_mode_against_the_race_fails_the_checks_the_race_breaks(monke
         monkeypatch.setenv(SECRET_ENV, server.secret)
         result = await rc.run(_small(target_url=server.url, jwt_secret_env=SECRET_ENV))
     assert result.verdict == "fail" and list(result.observations) == ["live"]
-    failed = {c.name for c in result.checks if not c.passed}
+    failed = {c.name for c in result.checks if c.failed}
     assert failed == {"no_1011_closes", "success_rate", "early_messages_answered", "rapid_cycles_complete"}
     assert result.metrics["closed_1011_wait_ready"] == 0 and result.metrics["closed_1011_early_send"] > 0
 

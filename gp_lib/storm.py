@@ -1,0 +1,379 @@
+"""One storm of connections, in this process or spread over worker processes on Dask distributed.
+
+A storm is `count` connections that start together, each running the same
+job, `job(target, index, storm)`, which returns its `AttemptRecord`. Small
+storms run here, in the caller's event loop. At a few hundred connections one
+asyncio process becomes the bottleneck (its loop stamps frames late, see
+`gp_lib.load`), so storms of at least `spread_from` connections are split into
+one share per worker process: a Dask `LocalCluster` of `workers` processes
+(default one per core, started on first use), or the workers of an existing
+cluster (`scheduler`, e.g. `tcp://HOST:8786`). Dask is imported only then.
+
+Each share gets its connections' tokens minted here (the JWT secret never
+leaves this process), its slice of attempt ids, and the storm's start time.
+One clock: every process takes its own monotonic clock at the storm's start
+instant (this process's wall-clock start time, shifted by the worker clock's
+offset, measured by a round trip when the pool starts) as its origin; each
+attempt gets `t_start_ms`, its start on that origin, so attempts of
+different processes compare. Each share also returns its `client_load` row.
+
+`storm.together()` holds a connection until every connection of the storm,
+in every process, reached the same call (or the storm's deadline passed):
+the events scenario keeps all users connected until all runs are done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import resource
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Protocol
+
+from gp_lib.load import LoadMeter
+from gp_lib.redact import redact
+from gp_lib.scenarios.common import ParameterError, Target
+from gp_lib.trace import AttemptRecord
+
+#: How long before the start instant the shares are sent, plus per connection (tokens, connection objects).
+LEAD_S = 0.5
+LEAD_PER_CONNECTION_S = 0.0005
+WORKER_START_TIMEOUT_S = 60.0
+
+
+class Job(Protocol):
+    def __call__(self, target: Target, index: int, storm: "StormContext") -> Awaitable[AttemptRecord]: ...
+
+
+# -- parameters ------------------------------------------------------------------------------
+
+@dataclass
+class SpreadParams:
+    """Parameters of a scenario whose storms can be spread over worker processes."""
+
+    workers: int = 0                       # worker processes a large storm is spread over (0: one per core)
+    spread_from: int = 500                 # storms of at least this many connections go to the workers
+    scheduler: str | None = None           # a Dask scheduler whose workers take them, e.g. "tcp://10.0.0.5:8786"
+
+    def validate(self) -> None:
+        super().validate()  # type: ignore[misc]  # CommonParams' checks first (workers, spread_from not negative)
+        if self.spread_from < 1:
+            raise ParameterError(f"spread_from must be at least 1, got {self.spread_from}")
+        if self.scheduler is not None and (not isinstance(self.scheduler, str)
+                                           or not self.scheduler.startswith(("tcp://", "tls://"))):
+            raise ParameterError(f"scheduler must be a Dask scheduler address like tcp://HOST:8786, "
+                                 f"not {self.scheduler!r}")
+
+
+# -- one storm -------------------------------------------------------------------------------
+
+@dataclass
+class StormContext:
+    """What a job may use of its storm: `together()`, and the deadline on this process's monotonic clock."""
+
+    deadline: float
+    _together: Callable[[], Awaitable[None]]
+
+    async def together(self) -> None:
+        await self._together()
+
+
+async def run(target: Target, job: Job, count: int, *, user: Callable[[int], str], label: str,
+              deadline_s: float, bar: Any = None) -> tuple[list[AttemptRecord], list[dict[str, Any]]]:
+    """The records of a storm of `count` connections (in index order), and the `client_load` rows of the
+    worker processes that ran it (none when it ran here: the caller measures its own process).
+
+    `user(index)` names the user of connection `index` (its token is minted here when the storm is
+    spread). `deadline_s` bounds `together()` waits.
+    """
+    pool: Pool | None = target.pool
+    if pool is not None and pool.takes(count):
+        records, load = await pool.run(target, job, count, user=user, label=label, deadline_s=deadline_s)
+        if bar is not None:
+            bar.update(count)
+        return records, load
+    records = await _run_here(target, job, range(count), origin=time.perf_counter(),
+                              deadline=time.monotonic() + deadline_s, together=_LocalBarrier(count, deadline_s), bar=bar)
+    return records, []
+
+
+@dataclass
+class _Tracked(Target):
+    """A target that keeps the connections it made, to stamp each with its start on the storm's clock."""
+
+    made: list = field(default_factory=list)
+
+    async def connection(self, user_id: str, **kwargs: Any) -> Any:
+        conn = await super().connection(user_id, **kwargs)
+        self.made.append(conn)
+        return conn
+
+
+async def _run_here(target: Target, job: Job, indices: Any, *, origin: float, deadline: float,
+                    together: Callable[[], Awaitable[None]], bar: Any = None) -> list[AttemptRecord]:
+    tracked = _Tracked(**{f.name: getattr(target, f.name) for f in dataclasses.fields(Target)})
+    storm = StormContext(deadline, together)
+
+    async def one(index: int) -> AttemptRecord:
+        record = await job(tracked, index, storm)
+        if bar is not None:
+            bar.update(1)
+        return record
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(index)) for index in indices]
+    finally:
+        target._counter = tracked._counter
+    for conn in tracked.made:
+        conn.record.extra["t_start_ms"] = round((conn.started_monotonic - origin) * 1000, 3)
+    return [task.result() for task in tasks]
+
+
+class _LocalBarrier:
+    """`together()` for connections in one event loop: the k-th call returns when all `parties` made it."""
+
+    def __init__(self, parties: int, timeout_s: float | None = None):
+        self.parties = parties
+        self.timeout_s = timeout_s
+        self._arrived: dict[int, int] = {}
+        self._events: dict[int, asyncio.Event] = {}
+        self._calls: dict[asyncio.Task | None, int] = {}
+
+    async def __call__(self) -> None:
+        task = asyncio.current_task()
+        generation = self._calls.get(task, 0)
+        self._calls[task] = generation + 1
+        event = self._events.setdefault(generation, asyncio.Event())
+        self._arrived[generation] = self._arrived.get(generation, 0) + 1
+        if self._arrived[generation] >= self.parties:
+            event.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), self.timeout_s)
+
+
+# -- the worker pool -------------------------------------------------------------------------
+
+@dataclass
+class Pool:
+    """The worker processes large storms are spread over: started on first use, closed by `close`."""
+
+    workers: int = 0
+    spread_from: int = 500
+    scheduler: str | None = None
+    _client: Any = None
+    _cluster: Any = None
+    _offsets: dict[str, float] = field(default_factory=dict)   # worker wall clock minus ours, seconds
+    _lock: asyncio.Lock | None = None                            # one storm on the workers at a time
+
+    @classmethod
+    def for_params(cls, params: Any) -> "Pool | None":
+        """The pool a scenario's parameters ask for, or None when they have no spread parameters."""
+        if not isinstance(params, SpreadParams):
+            return None
+        return cls(params.workers, params.spread_from, params.scheduler)
+
+    def takes(self, count: int) -> bool:
+        return count >= self.spread_from
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the LocalCluster (or connect to the scheduler), wait for its workers, measure their clocks."""
+        if self._client is not None:
+            return
+        import logging
+
+        from distributed import Client, LocalCluster
+
+        if self.scheduler:
+            self._client = Client(self.scheduler, timeout=WORKER_START_TIMEOUT_S)
+            self._client.wait_for_workers(1, timeout=WORKER_START_TIMEOUT_S)
+        else:
+            self._cluster = LocalCluster(n_workers=self.workers or os.cpu_count() or 1, threads_per_worker=1,
+                                         processes=True, host="127.0.0.1", dashboard_address=None,
+                                         silence_logs=logging.ERROR)
+            self._client = Client(self._cluster)
+        self._client.run(_prepare_worker)
+        self._offsets = _clock_offsets(self._client)
+
+    def close(self) -> None:
+        """Close the client and, if this pool started it, the cluster and its worker processes."""
+        if self._client is not None:
+            self._client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+        self._client = self._cluster = None
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await asyncio.to_thread(self.close)
+
+    @property
+    def addresses(self) -> list[str]:
+        return sorted(self._offsets)
+
+    # -- one storm --------------------------------------------------------------------------
+
+    async def run(self, target: Target, job: Job, count: int, *, user: Callable[[int], str], label: str,
+                  deadline_s: float) -> tuple[list[AttemptRecord], list[dict[str, Any]]]:
+        """Split the storm into one share per worker, run them at one start instant, merge in index order.
+
+        Storms of both arms queue for the workers: each storm has them to itself.
+        """
+        self._lock = self._lock or asyncio.Lock()
+        async with self._lock:
+            await asyncio.to_thread(self.start)
+            return await self._run(target, job, count, user=user, label=label, deadline_s=deadline_s)
+
+    async def _run(self, target: Target, job: Job, count: int, *, user: Callable[[int], str], label: str,
+                   deadline_s: float) -> tuple[list[AttemptRecord], list[dict[str, Any]]]:
+        addresses = self.addresses
+        slices = [list(range(count))[n::len(addresses)] for n in range(len(addresses))]
+        tokens: dict[str, tuple[str, str]] = {}
+        for index in range(count):
+            name = user(index)
+            if name not in tokens:
+                tokens[name] = await target.credentials.token_for(name)
+        first_ids = [target._counter + sum(map(len, slices[:n])) for n in range(len(slices))]
+        target._counter += count  # a job makes one connection: each share numbers its attempts in its own range
+        storm_id = uuid.uuid4().hex
+        start_at = time.time() + LEAD_S + LEAD_PER_CONNECTION_S * count
+        shares = {address: _Share(target=_portable(target, {user(i): tokens[user(i)] for i in indices}), job=job,
+                                  indices=indices, first_id=first_id, start_at=start_at + self._offsets[address],
+                                  deadline_s=deadline_s, storm_id=storm_id, label=label)
+                  for address, indices, first_id in zip(addresses, slices, first_ids) if indices}
+        results = await asyncio.to_thread(self._run_shares, shares, storm_id, deadline_s)
+        by_index: dict[int, AttemptRecord] = {}
+        load = []
+        for share, (records, row) in zip(shares.values(), results):
+            by_index.update(zip(share.indices, records))
+            load.append(row)
+        return [_redacted(by_index[i]) for i in range(count)], load
+
+    def _run_shares(self, shares: dict[str, "_Share"], storm_id: str,
+                    deadline_s: float) -> list[tuple[list[AttemptRecord], dict[str, Any]]]:
+        """Submit each share to its worker and coordinate `together()` until all are done; their results."""
+        from distributed import Event, Queue
+
+        futures = [self._client.submit(run_share, share, workers=[address], allow_other_workers=False, pure=False)
+                   for address, share in shares.items()]
+        arrivals = Queue(f"gp-storm-{storm_id}", client=self._client)
+        generation, done = 0, False
+        end = time.monotonic() + deadline_s + LEAD_S + LEAD_PER_CONNECTION_S * sum(len(s.indices) for s in shares.values())
+        while not done:  # the barrier's coordinator: a generation is released when every share arrived
+            arrived = 0
+            while arrived < len(shares) and not done:
+                with contextlib.suppress(TimeoutError):
+                    arrivals.get(timeout=0.2)
+                    arrived += 1
+                done = all(f.done() for f in futures) or time.monotonic() > end
+            Event(f"gp-storm-{storm_id}-{generation}", client=self._client).set()
+            generation += 1
+        return self._client.gather(futures)
+
+
+def _prepare_worker() -> None:
+    """In each worker: allow as many sockets as the hard limit does, and import the scenario code once."""
+    raise_open_files_limit()
+    import gp_lib.scenarios.missing_events  # noqa: F401
+    import gp_lib.scenarios.race_conditions  # noqa: F401
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's soft limit of open files to its hard limit (thousands of sockets); the new limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _clock_offsets(client: Any) -> dict[str, float]:
+    """Each worker's wall clock minus ours, from the midpoint of a round trip (NTP's rule, one sample)."""
+    sent = time.time()
+    clocks = client.run(time.time)
+    received = time.time()
+    return {address: clock - (sent + received) / 2 for address, clock in clocks.items()}
+
+
+def _redacted(record: AttemptRecord) -> AttemptRecord:
+    """A worker's record redacted again here, where every secret of the run is known (the JWT secret too)."""
+    for frame in record.frames:
+        frame["payload"] = redact(frame.get("payload"))
+    return record
+
+
+# -- in the worker ---------------------------------------------------------------------------
+
+class _Tokens:
+    """Credentials made of tokens minted by the process that owns the secret."""
+
+    def __init__(self, tokens: dict[str, tuple[str, str]]):
+        self._tokens = tokens
+
+    async def token_for(self, user_id: str) -> tuple[str, str]:
+        return self._tokens[user_id]
+
+
+def _portable(target: Target, tokens: dict[str, tuple[str, str]]) -> Target:
+    """The target as a worker gets it: the URL, labels and parameters, the share's tokens; no server handle,
+    no secret, no progress bar."""
+    return Target(target.url, target.arm, target.scenario, target.params, _Tokens(tokens))  # type: ignore[arg-type]
+
+
+@dataclass
+class _Share:
+    target: Target
+    job: Job
+    indices: list[int]
+    first_id: int
+    start_at: float        # the storm's start, on the worker's wall clock
+    deadline_s: float
+    storm_id: str
+    label: str
+
+
+def run_share(share: _Share) -> tuple[list[AttemptRecord], dict[str, Any]]:
+    """Run one share of a storm in this worker process: its records, and its `client_load` row."""
+    from distributed import Event, Queue, get_client, get_worker
+
+    raise_open_files_limit()
+    client = get_client()
+    arrivals = Queue(f"gp-storm-{share.storm_id}", client=client)
+    local = _LocalBarrier(len(share.indices), share.deadline_s)
+    generations: dict[int, asyncio.Future] = {}
+
+    async def together() -> None:
+        """Local barrier first; the last local arrival reports to the coordinator; all wait for its release."""
+        await local()
+        generation = local._calls[asyncio.current_task()] - 1
+        if generation not in generations:
+            event = Event(f"gp-storm-{share.storm_id}-{generation}", client=client)
+            generations[generation] = asyncio.ensure_future(asyncio.to_thread(_arrive_and_wait, arrivals, event,
+                                                                              share.deadline_s))
+        await asyncio.shield(generations[generation])
+
+    async def main() -> tuple[list[AttemptRecord], dict[str, Any]]:
+        target = share.target
+        target._counter = share.first_id
+        wait = share.start_at - time.time()
+        origin = time.perf_counter() + wait   # the start instant on this process's monotonic clock
+        if wait > 0:
+            await asyncio.sleep(wait)
+        async with LoadMeter(f"worker {get_worker().address}", share.label) as meter:
+            records = await _run_here(target, share.job, share.indices, origin=origin,
+                                      deadline=time.monotonic() + share.deadline_s, together=together)
+        return records, meter.row()
+
+    return asyncio.run(main())
+
+
+def _arrive_and_wait(arrivals: Any, event: Any, timeout_s: float) -> None:
+    arrivals.put(1)
+    with contextlib.suppress(TimeoutError):
+        event.wait(timeout_s)
