@@ -182,8 +182,9 @@ class Pool:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start the LocalCluster (or connect to the scheduler), wait for its workers, measure their clocks."""
+    def start(self, min_workers: int = 1) -> None:
+        """Start the LocalCluster (or connect to the scheduler and wait for `min_workers`), measure the
+        workers' clocks."""
         if self._client is not None:
             return
         import logging
@@ -192,7 +193,7 @@ class Pool:
 
         if self.scheduler:
             self._client = Client(self.scheduler, timeout=WORKER_START_TIMEOUT_S)
-            self._client.wait_for_workers(1, timeout=WORKER_START_TIMEOUT_S)
+            self._client.wait_for_workers(min_workers, timeout=WORKER_START_TIMEOUT_S)
         else:
             self._cluster = LocalCluster(n_workers=self.workers or os.cpu_count() or 1, threads_per_worker=1,
                                          processes=True, host="127.0.0.1", dashboard_address=None,
@@ -243,7 +244,11 @@ class Pool:
         target._counter += count  # a job makes one connection: each share numbers its attempts in its own range
         storm_id = uuid.uuid4().hex
         start_at = time.time() + LEAD_S + LEAD_PER_CONNECTION_S * count
-        shares = {address: _Share(target=_portable(target, {user(i): tokens[user(i)] for i in indices}), job=job,
+        import cloudpickle
+
+        job_pickled = cloudpickle.dumps(job)  # by value when defined outside an importable module (a notebook)
+        shares = {address: _Share(target=_portable(target, {user(i): tokens[user(i)] for i in indices}),
+                                  job=job_pickled,
                                   indices=indices, first_id=first_id, start_at=start_at + self._offsets[address],
                                   deadline_s=deadline_s, storm_id=storm_id, label=label)
                   for address, indices, first_id in zip(addresses, slices, first_ids) if indices}
@@ -328,8 +333,10 @@ def _portable(target: Target, tokens: dict[str, tuple[str, str]]) -> Target:
 
 @dataclass
 class _Share:
+    """One worker's part of a storm."""
+
     target: Target
-    job: Job
+    job: bytes             # the job, pickled with cloudpickle
     indices: list[int]
     first_id: int
     start_at: float        # the storm's start, on the worker's wall clock
@@ -340,6 +347,7 @@ class _Share:
 
 def run_share(share: _Share) -> tuple[list[AttemptRecord], dict[str, Any]]:
     """Run one share of a storm in this worker process: its records, and its `client_load` row."""
+    import cloudpickle
     from distributed import Event, Queue, get_client, get_worker
 
     raise_open_files_limit()
@@ -358,6 +366,8 @@ def run_share(share: _Share) -> tuple[list[AttemptRecord], dict[str, Any]]:
                                                                               share.deadline_s))
         await asyncio.shield(generations[generation])
 
+    job = cloudpickle.loads(share.job)
+
     async def main() -> tuple[list[AttemptRecord], dict[str, Any]]:
         target = share.target
         target._counter = share.first_id
@@ -366,7 +376,7 @@ def run_share(share: _Share) -> tuple[list[AttemptRecord], dict[str, Any]]:
         if wait > 0:
             await asyncio.sleep(wait)
         async with LoadMeter(f"worker {get_worker().address}", share.label) as meter:
-            records = await _run_here(target, share.job, share.indices, origin=origin,
+            records = await _run_here(target, job, share.indices, origin=origin,
                                       deadline=time.monotonic() + share.deadline_s, together=together)
         return records, meter.row()
 

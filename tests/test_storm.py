@@ -1,0 +1,160 @@
+"""Storms: in this process, and spread over real Dask workers started with the `dask` command line on loopback.
+
+Timing is controlled: the reference server's setup time is injected, and the
+barrier test holds one connection back a chosen time before `together()`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cloudpickle
+import pytest
+
+from gp_lib import storm
+from gp_lib.refserver import free_port, running_server
+from gp_lib.scenarios import race_conditions as rc
+from gp_lib.scenarios.common import Credentials, ParameterError, Target
+
+SCALE = float(os.environ.get("GP_TIME_SCALE", "1"))
+SETUP_MS = 40.0 * SCALE
+HOLD_MS = 300.0 * SCALE
+SECRET_ENV = "GP_TEST_STORM_SECRET"
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the jobs below travel to workers by value
+
+
+def _target(server, pool=None) -> Target:
+    params = rc.Params(out_dir="unused", max_concurrency=100)
+    return Target(server.url, "live", "storm_test", params, Credentials(params, secret=server.secret), pool=pool)
+
+
+def _user(index: int) -> str:
+    return f"storm_user_{index}"
+
+
+async def held_back(target: Target, index: int, context) -> object:
+    """Ready, then together() (connection 0 arrives HOLD_MS late), then a ping and its pong."""
+    import asyncio
+
+    conn = await target.connection(_user(index))
+    if await conn.open() and await conn.wait_ready():
+        if index == 0:
+            await asyncio.sleep(HOLD_MS / 1000)
+        await context.together()
+        if await conn.send({"type": "ping"}):
+            await conn.receive_until(lambda m: m["type"] == "pong", 5 * SCALE)
+    await conn.close()
+    return conn.finish()
+
+
+def _sent_on_storm_clock(records) -> list[float]:
+    return [r.extra["t_start_ms"] + r.t_first_send_ms for r in records]
+
+
+async def test_a_storm_here_keeps_index_order_stamps_one_clock_and_holds_everyone_for_the_last():
+    with running_server({"setup_ms": SETUP_MS, "setup_ms_per_concurrent": 0}) as server:
+        target = _target(server)
+        records, load = await storm.run(target, held_back, 6, user=_user, label="test", deadline_s=10 * SCALE)
+    assert load == []  # this process measures its own load around its traffic
+    assert [r.user_id for r in records] == [_user(i) for i in range(6)]
+    assert len({r.attempt_id for r in records}) == 6 and target._counter == 6
+    assert all(r.outcome == "ok" and r.t_ready_ms - r.t_open_ms >= SETUP_MS * 0.9 for r in records)
+    assert all(0 <= r.extra["t_start_ms"] < 200 * SCALE for r in records)
+    # nobody sent before connection 0 came to together(), HOLD_MS after its readiness
+    earliest = min(_sent_on_storm_clock(records))
+    assert earliest >= records[0].extra["t_start_ms"] + records[0].t_ready_ms + HOLD_MS * 0.9
+
+
+def test_spread_parameters_are_validated():
+    with pytest.raises(ParameterError, match="spread_from"):
+        rc.Params(spread_from=0).validate()
+    with pytest.raises(ParameterError, match="scheduler"):
+        rc.Params(scheduler="localhost:8786").validate()
+    with pytest.raises(ParameterError, match="workers"):
+        rc.Params(workers=-1).validate()
+    rc.Params(scheduler="tcp://127.0.0.1:8786", workers=2, spread_from=10).validate()
+
+
+def test_runs_that_spread_nothing_never_import_dask():
+    code = ("import asyncio, sys\nfrom gp_lib.scenarios import race_conditions as rc\n"
+            "r = asyncio.run(rc.run(rc.Params(concurrency_levels=[2], send_delays_ms=[0], sweep_repeats=1, "
+            "burst_connections=1, rapid_cycles=1, out_dir='.')))\n"
+            "print(r.verdict, 'distributed' in sys.modules, 'dask' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["pass", "False", "False"], done.stderr[-2000:]
+
+
+# -- a real cluster from the command line -----------------------------------------------------------
+
+def _dask(*args: str) -> list[str]:
+    command = Path(sys.executable).with_name("dask")
+    return [str(command), *args] if command.exists() else [sys.executable, "-m", "dask", *args]
+
+
+def _wait_for_port(port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout_s:g} s")
+
+
+@pytest.fixture
+def dask_cluster():
+    """`dask scheduler` and `dask worker --nworkers 2` on loopback; the scheduler's address."""
+    port = free_port()
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    scheduler = subprocess.Popen(_dask("scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"),
+                                 **quiet)
+    workers = None
+    try:
+        _wait_for_port(port, 60 * SCALE)
+        workers = subprocess.Popen(_dask("worker", f"tcp://127.0.0.1:{port}", "--host", "127.0.0.1", "--nworkers", "2",
+                                         "--nthreads", "1", "--no-dashboard"), **quiet)
+        yield f"tcp://127.0.0.1:{port}"
+    finally:
+        for process in (workers, scheduler):
+            if process is not None:
+                process.terminate()
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=5)
+
+
+async def test_a_storm_spread_over_two_command_line_workers_shares_one_clock_and_one_barrier(dask_cluster):
+    import asyncio
+
+    pool = storm.Pool(spread_from=4, scheduler=dask_cluster)
+    try:
+        await asyncio.to_thread(pool.start, 2)  # both worker processes joined
+        addresses = pool.addresses
+        with running_server({"setup_ms": SETUP_MS, "setup_ms_per_concurrent": 0}) as server:
+            target = _target(server, pool)
+            small, small_load = await storm.run(target, held_back, 3, user=_user, label="small", deadline_s=10 * SCALE)
+            records, load = await storm.run(target, held_back, 8, user=_user, label="spread", deadline_s=10 * SCALE)
+    finally:
+        await pool.aclose()
+    assert small_load == [] and all(r.outcome == "ok" for r in small)  # below spread_from: ran here
+    assert len(addresses) == 2 and [row["process"] for row in load] == [f"worker {a}" for a in addresses]
+    assert all(row["ticks"] > 0 and row["seconds"] > 0 for row in load)
+    assert [r.user_id for r in records] == [_user(i) for i in range(8)]
+    assert len({r.attempt_id for r in small + records}) == 11 and target._counter == 11
+    assert all(r.outcome == "ok" and r.t_ready_ms - r.t_open_ms >= SETUP_MS * 0.9 for r in records), \
+        [(r.outcome, r.error, r.t_open_ms, r.t_ready_ms) for r in records]
+    # one clock: both workers started their halves at the same instant
+    assert all(0 <= r.extra["t_start_ms"] < 300 * SCALE for r in records)
+    # one barrier: connection 0 (first worker) held everyone back, those of the second worker too
+    held_until = records[0].extra["t_start_ms"] + records[0].t_ready_ms + HOLD_MS
+    assert min(_sent_on_storm_clock(records[1::2])) >= held_until - 20 * SCALE
+    assert max(_sent_on_storm_clock(records)) < held_until + 2000 * SCALE  # released, not timed out
