@@ -90,6 +90,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=default_jobs(), metavar="N",
                         help=f"notebooks run at once (default: cores, at most {MAX_DEFAULT_JOBS}; here "
                              f"{default_jobs()})")
+    parser.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://HOST:8786, whose workers "
+                        "take the storms too large for one process (parameter scheduler; default: worker processes "
+                        "on this machine)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                         help=f"execution timeout of each notebook cell (default {DEFAULT_TIMEOUT_S})")
 
@@ -150,13 +153,18 @@ def make_plan(args: argparse.Namespace, registry: Mapping[str, Entry] = REGISTRY
         raise ParameterError(f"notebook not found for {', '.join(missing)}")
     classes = {name: entry.params_class() for name, entry in registry.items()}
     parameters = resolve(classes, names, parameters_dir=PARAMETERS_DIR, params_file=args.params,
-                         assignments=args.assign, target=args.target)
+                         assignments=[*args.assign, *_scheduler_assignment(args)], target=args.target)
     _check_secrets(parameters)
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out, latest = (Path(args.out), None) if args.out else (_fresh(REPORTS_DIR / run_id), REPORTS_DIR / "latest")
     return Plan(run_id=out.name if latest else run_id, out=out.resolve(), entries=[registry[n] for n in names],
                 parameters=parameters, commands={n: command_line(args, n) for n in names},
                 jobs=min(args.jobs, len(names)), timeout_s=args.timeout, notebooks_dir=notebooks_dir, latest=latest)
+
+
+def _scheduler_assignment(args: argparse.Namespace) -> list[str]:
+    """`--scheduler` as the `-p scheduler=...` it stands for."""
+    return [f"scheduler={args.scheduler}"] if getattr(args, "scheduler", None) else []
 
 
 def _check_secrets(parameters: Mapping[str, Layered]) -> None:
@@ -192,6 +200,8 @@ def command_line(args: argparse.Namespace, scenario: str) -> str:
         parts += ["--params", args.params]
     for assignment in args.assign:
         parts += ["-p", assignment]
+    if getattr(args, "scheduler", None):
+        parts += ["--scheduler", args.scheduler]
     return shlex.join(parts)
 
 

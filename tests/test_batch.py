@@ -60,6 +60,18 @@ def test_command_line_repeats_one_scenario_without_out_or_jobs():
         "-p sweep_repeats=1 -p 'concurrency_levels=[1, 5]'")
 
 
+def test_scheduler_option_sets_the_parameter_of_the_scenarios_that_spread_storms(monkeypatch, tmp_path):
+    monkeypatch.setattr(batch, "REPORTS_DIR", tmp_path)
+    args = parse("--scheduler", "tcp://127.0.0.1:8786")
+    plan = batch.make_plan(args)
+    taking = {name for name, layered in plan.parameters.items() if "scheduler" in layered.values}
+    assert taking == {"race_conditions", "missing_events"}
+    assert plan.parameters["race_conditions"].params.scheduler == "tcp://127.0.0.1:8786"
+    assert batch.command_line(args, "missing_events").endswith("--scheduler tcp://127.0.0.1:8786")
+    with pytest.raises(ParameterError, match="scheduler must be a Dask scheduler address"):
+        batch.make_plan(parse("--scheduler", "127.0.0.1:8786"))
+
+
 def test_default_jobs_is_the_cores_at_most_four():
     assert batch.default_jobs() == max(1, min(os.cpu_count() or 1, 4))
     assert parse().jobs == batch.default_jobs()

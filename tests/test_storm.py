@@ -158,3 +158,16 @@ async def test_a_storm_spread_over_two_command_line_workers_shares_one_clock_and
     held_until = records[0].extra["t_start_ms"] + records[0].t_ready_ms + HOLD_MS
     assert min(_sent_on_storm_clock(records[1::2])) >= held_until - 20 * SCALE
     assert max(_sent_on_storm_clock(records)) < held_until + 2000 * SCALE  # released, not timed out
+
+
+async def test_the_default_pool_is_a_local_cluster_it_starts_and_closes():
+    pool = storm.Pool(workers=2, spread_from=2)
+    try:
+        with running_server({"setup_ms": SETUP_MS, "setup_ms_per_concurrent": 0}) as server:
+            records, load = await storm.run(_target(server, pool), held_back, 4, user=_user, label="local",
+                                            deadline_s=10 * SCALE)
+        cluster = pool._cluster
+    finally:
+        await pool.aclose()
+    assert len(load) == 2 and all(r.outcome == "ok" for r in records)
+    assert cluster.status.name == "closed" and pool._client is None
