@@ -43,6 +43,7 @@ from gp_lib.trace import AttemptRecord
 LEAD_S = 0.5
 LEAD_PER_CONNECTION_S = 0.0005
 WORKER_START_TIMEOUT_S = 60.0
+BARRIER_POLL_S = 0.01
 
 
 class Job(Protocol):
@@ -268,17 +269,14 @@ class Pool:
         futures = [self._client.submit(run_share, share, workers=[address], allow_other_workers=False, pure=False)
                    for address, share in shares.items()]
         arrivals = Queue(f"gp-storm-{storm_id}", client=self._client)
-        generation, done = 0, False
         end = time.monotonic() + deadline_s + LEAD_S + LEAD_PER_CONNECTION_S * sum(len(s.indices) for s in shares.values())
-        while not done:  # the barrier's coordinator: a generation is released when every share arrived
-            arrived = 0
-            while arrived < len(shares) and not done:
-                with contextlib.suppress(TimeoutError):
-                    arrivals.get(timeout=0.2)
-                    arrived += 1
-                done = all(f.done() for f in futures) or time.monotonic() > end
-            Event(f"gp-storm-{storm_id}-{generation}", client=self._client).set()
-            generation += 1
+        released = 0
+        while not all(f.done() for f in futures) and time.monotonic() < end:
+            # the barrier's coordinator: generation g is released once every share arrived g + 1 times
+            while arrivals.qsize() >= (released + 1) * len(shares):
+                Event(f"gp-storm-{storm_id}-{released}", client=self._client).set()
+                released += 1
+            time.sleep(BARRIER_POLL_S)
         return self._client.gather(futures)
 
 
