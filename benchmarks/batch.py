@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -44,9 +45,33 @@ from gp_lib.batch import REGISTRY, default_jobs
 PHASES = ("worker", "kernel", "imports", "servers", "traffic", "plots", "cells", "render")
 
 
-def batch(out: Path, jobs: int | None, params: str | None) -> tuple[float, float, dict[str, float], float]:
-    """Wall and CPU seconds of one `gp report`, each notebook's seconds from its junit.xml, and when it began
-    (epoch seconds)."""
+@dataclass
+class Batch:
+    """One `gp report` as measured: wall seconds, when it began (epoch), each notebook's junit seconds, and
+    the CPU seconds its process tree had used at each sample time (epoch)."""
+
+    wall: float
+    began: float
+    seconds: dict[str, float]
+    cpu: list[tuple[float, float]]
+
+    def cpu_between(self, start: float, end: float) -> float:
+        """CPU seconds the batch used between two epoch times (interpolated between samples)."""
+        times, used = [t for t, _ in self.cpu], [c for _, c in self.cpu]
+        return _interpolate(end, times, used) - _interpolate(start, times, used)
+
+
+def _interpolate(x: float, xs: list[float], ys: list[float]) -> float:
+    if not xs or x <= xs[0]:
+        return ys[0] if ys else 0.0
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / ((x1 - x0) or 1)
+    return ys[-1]
+
+
+def batch(out: Path, jobs: int | None, params: str | None) -> Batch:
+    """Run one `gp report` into `out` and measure it."""
     command = [sys.executable, "-m", "gp_lib.cli", "report", "--out", str(out)]
     command += ["--jobs", str(jobs)] if jobs else []
     command += ["--params", params] if params else []
@@ -60,17 +85,18 @@ def batch(out: Path, jobs: int | None, params: str | None) -> tuple[float, float
             stderr.seek(0)
             sys.exit(f"gp report --jobs {jobs} exited {process.returncode}:\n{stderr.read()}")
     suites = ET.parse(out / "junit.xml").getroot().iter("testsuite")
-    return wall, cpu, {s.get("name"): float(s.get("time")) for s in suites}, began
+    return Batch(wall, began, {s.get("name"): float(s.get("time")) for s in suites}, cpu)
 
 
-def tree_cpu(process: subprocess.Popen, every_s: float = 0.1) -> float:
-    """CPU seconds of `process` and all its descendants until it exits, sampled from /proc.
+def tree_cpu(process: subprocess.Popen, every_s: float = 0.1) -> list[tuple[float, float]]:
+    """CPU seconds of `process` and all its descendants until it exits, sampled from /proc: (epoch, CPU so far).
 
     Sampled rather than taken from getrusage, since the batch's notebook workers are children
     of a fork server that nobody waits for; a process that lives less than `every_s` may be missed.
     """
     tick = os.sysconf("SC_CLK_TCK")
     seen: dict[int, float] = {}
+    samples = [(time.time(), 0.0)]
     while process.poll() is None:
         parents = {}
         for entry in os.scandir("/proc"):
@@ -83,8 +109,9 @@ def tree_cpu(process: subprocess.Popen, every_s: float = 0.1) -> float:
                 parents[pid] = int(fields[1])
                 if _descends(pid, process.pid, parents):
                     seen[pid] = (int(fields[11]) + int(fields[12])) / tick
+        samples.append((time.time(), sum(seen.values())))
         time.sleep(every_s)
-    return sum(seen.values())
+    return samples
 
 
 def _descends(pid: int, root: int, parents: dict[int, int]) -> bool:
@@ -166,23 +193,27 @@ def notebook_window(out: Path, scenario: str) -> tuple[float, float]:
     return _time(meta["start_time"]), _time(meta["end_time"])
 
 
-def show_phases(title: str, out: Path, seconds: dict[str, float], began: float, wall: float) -> None:
-    """Each notebook's phases, when it ran within the batch, and the batch's time outside every notebook."""
-    print(f"\n{title}: seconds per phase; from/to: seconds since the batch began")
-    print(f"  {'notebook':<24} {'from':>5} {'to':>5} {'total':>6} " + " ".join(f"{p:>8}" for p in PHASES))
+def show_phases(title: str, out: Path, run: Batch) -> None:
+    """Each notebook's phases, when it ran within the batch, the CPU the batch used meanwhile, and the
+    batch's time outside every notebook."""
+    print(f"\n{title}: seconds per phase; from/to: seconds since the batch began; cpu: the batch's CPU seconds "
+          f"meanwhile")
+    print(f"  {'notebook':<24} {'from':>5} {'to':>5} {'total':>6} {'cpu':>5} " + " ".join(f"{p:>8}" for p in PHASES))
     windows = {}
-    for scenario, total in seconds.items():
+    for scenario, total in run.seconds.items():
         times = phases(out, scenario, total)
-        windows[scenario] = [t - began for t in notebook_window(out, scenario)]
-        start, end = windows[scenario]
-        print(f"  {scenario:<24} {start:5.1f} {end:5.1f} {total:6.1f} " + " ".join(f"{times[p]:8.2f}" for p in PHASES))
-    busy, covered_to = 0.0, 0.0
+        start, end = windows[scenario] = notebook_window(out, scenario)
+        print(f"  {scenario:<24} {start - run.began:5.1f} {end - run.began:5.1f} {total:6.1f} "
+              f"{run.cpu_between(start, end):5.1f} " + " ".join(f"{times[p]:8.2f}" for p in PHASES))
+    busy, covered_to = 0.0, run.began
     for start, end in sorted(windows.values()):
         busy += max(0.0, end - max(start, covered_to))
         covered_to = max(covered_to, end)
     first = min(start for start, _ in windows.values())
-    print(f"  outside every notebook: {wall - busy:.1f} s of {wall:.1f} s ({first:.1f} s before the first started, "
-          f"{wall - covered_to:.1f} s after the last ended)")
+    print(f"  outside every notebook: {run.wall - busy:.1f} s of {run.wall:.1f} s ({first - run.began:.1f} s and "
+          f"{run.cpu_between(run.began, first):.1f} s CPU before the first started; "
+          f"{run.began + run.wall - covered_to:.1f} s and {run.cpu_between(covered_to, run.began + run.wall):.1f} s "
+          f"CPU after the last ended)")
 
 
 def main() -> None:
@@ -194,18 +225,19 @@ def main() -> None:
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as folder:
         serial_out, parallel_out = Path(folder) / "serial", Path(folder) / "parallel"
-        serial, serial_cpu, solo, serial_began = batch(serial_out, 1, args.params)
-        parallel, parallel_cpu, together, parallel_began = batch(parallel_out, args.jobs, args.params)
+        serial = batch(serial_out, 1, args.params)
+        parallel = batch(parallel_out, args.jobs, args.params)
+        solo = serial.seconds
         slowest = max(solo, key=solo.get)
         print(f"cores: {os.cpu_count()}; load average before: {load:.2f}; "
               f"parameters: {args.params or 'notebook defaults'}")
-        print(f"batch --jobs 1:  {serial:6.1f} s wall, {serial_cpu:6.1f} s CPU")
+        print(f"batch --jobs 1:  {serial.wall:6.1f} s wall, {serial.cpu[-1][1]:6.1f} s CPU")
         jobs = f"--jobs {args.jobs}" if args.jobs else f"default ({default_jobs()} jobs)"
-        print(f"batch {jobs}:  {parallel:6.1f} s wall, {parallel_cpu:6.1f} s CPU")
-        show_phases("each notebook alone (--jobs 1)", serial_out, solo, serial_began, serial)
-        show_phases(f"in the batch ({jobs})", parallel_out, together, parallel_began, parallel)
+        print(f"batch {jobs}:  {parallel.wall:6.1f} s wall, {parallel.cpu[-1][1]:6.1f} s CPU")
+        show_phases("each notebook alone (--jobs 1)", serial_out, serial)
+        show_phases(f"in the batch ({jobs})", parallel_out, parallel)
     print(f"\nbatch / slowest notebook alone ({slowest}, {solo[slowest]:.1f} s): "
-          f"{parallel / solo[slowest]:.2f} (aim <= 1.3)")
+          f"{parallel.wall / solo[slowest]:.2f} (aim <= 1.3)")
 
 
 if __name__ == "__main__":

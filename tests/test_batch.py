@@ -72,8 +72,8 @@ def test_scheduler_option_sets_the_parameter_of_the_scenarios_that_spread_storms
         batch.make_plan(parse("--scheduler", "127.0.0.1:8786"))
 
 
-def test_default_jobs_is_the_cores_at_most_four():
-    assert batch.default_jobs() == max(1, min(os.cpu_count() or 1, 4))
+def test_default_jobs_is_two_per_core_at_most_four():
+    assert batch.default_jobs() == max(1, min(2 * (os.cpu_count() or 1), 4))
     assert parse().jobs == batch.default_jobs()
 
 
