@@ -36,6 +36,7 @@ lab: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/client_overhead.py
 	$(BIN)/python benchmarks/batch.py
+	$(BIN)/python benchmarks/storm.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
