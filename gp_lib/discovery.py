@@ -81,14 +81,21 @@ async def discover(target: Any, *, dialect: Dialect | None = None, secret: str |
     return Discovery(dialect, how, [intro, *probes])
 
 
+def selected_unoffered(record: AttemptRecord, offers: tuple[str, ...] = ()) -> str | None:
+    """The subprotocol a server selected without it being offered, which failed the handshake (a server
+    that answers a `jwt.<token>` offer with the bare scheme, `jwt-auth`), or None."""
+    match = _SELECTED.search(record.error or "") if record.outcome == "protocol_error" else None
+    return match.group(1) if match is not None and match.group(1) not in offers else None
+
+
 async def _introduce(target: Any, offers: tuple[str, ...]) -> tuple[AttemptRecord, str | None]:
     """One connection with a valid token to its readiness marker; again offering the scheme the server
     selected when it selected one that was not offered."""
     record = await _connect(target, INTRODUCTION, offers=offers)
-    match = _SELECTED.search(record.error or "") if record.outcome == "protocol_error" else None
-    if match is None or match.group(1) in offers:
+    selected = selected_unoffered(record, offers)
+    if selected is None:
         return record, None
-    return await _connect(target, INTRODUCTION, offers=(*offers, match.group(1))), match.group(1)
+    return await _connect(target, INTRODUCTION, offers=(*offers, selected)), selected
 
 
 async def _probe(target: Any, condition: str, dialect: Dialect, secret: str | None) -> AttemptRecord:
