@@ -42,6 +42,10 @@ FAULTS = {
     "events_omit_tools": ({"events": "omit_tools"}, "mixed", "missing_events", "tool_executing missing in"),
     "events_out_of_order": ({"events": "out_of_order"}, "iso", "missing_events", "out of order"),
     "events_misroute": ({"events": "misroute"}, "connection_ready", "missing_events", "cross-user delivery"),
+    # markers without a connection id: the factory's undecidable check must not hide or fake the cause
+    "factory_system_message": ({"factory": "config"}, "system_message", "factory_initialization",
+                               "independent of send timing"),
+    "events_handshake": ({"events": "omit_tools"}, "handshake", "missing_events", "tool_executing missing in"),
 }
 DOWN = {"services_down": ["agent_supervisor"]}
 #: The real backend's failure modes as a client sees them (docs/protocol.md section 10), in its dialect.
