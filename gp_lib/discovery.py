@@ -54,12 +54,12 @@ class Discovery:
         return [r.condition for r in self.records if r.condition in AUTH_PROBES and r.t_ready_ms is not None]
 
 
-async def discover(target: Any, *, dialect: Dialect | None = None, secret: str | None = None,
-                   health_routes: bool = True) -> Discovery:
+async def discover(target: Any, *, dialect: Dialect | None = None, why: str = "set by the dialect parameter",
+                   secret: str | None = None, health_routes: bool = True) -> Discovery:
     """Introduce the toolkit to `target` (a `scenarios.common.Target`) and probe its authentication.
 
-    `dialect` forces one instead of detecting it; `secret` (the one tokens are minted with, when it is
-    at hand) lets the probe mint an expired token.
+    `dialect` forces one instead of detecting it (`why` says why); `secret` (the one tokens are minted
+    with, when it is at hand) lets the probe mint an expired token.
     """
     intro, selected = await _introduce(target, dialect.offers() if dialect else ())
     answers = await health.fetch_all(target.url, target.params.open_timeout_s) if health_routes else []
@@ -68,7 +68,7 @@ async def discover(target: Any, *, dialect: Dialect | None = None, secret: str |
                                       {"path": answer.path, "status": answer.status, "answer": answer.summary,
                                        "not_ready": answer.not_ready}, kind="health"))
     if dialect is not None:
-        how = f"{dialect.name}: set by the dialect parameter"
+        how = f"{dialect.name}: {why}"
     else:
         marker = _marker(intro)
         dialect, how = detect(marker, {a.path: a.body for a in answers}, selected)
