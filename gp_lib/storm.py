@@ -324,9 +324,10 @@ class _Tokens:
 
 
 def _portable(target: Target, tokens: dict[str, tuple[str, str]]) -> Target:
-    """The target as a worker gets it: the URL, labels and parameters, the share's tokens; no server handle,
-    no secret, no progress bar."""
-    return Target(target.url, target.arm, target.scenario, target.params, _Tokens(tokens))  # type: ignore[arg-type]
+    """The target as a worker gets it: the URL, labels, parameters and dialect, the share's tokens; no server
+    handle, no secret, no progress bar."""
+    return Target(target.url, target.arm, target.scenario, target.params, _Tokens(tokens),  # type: ignore[arg-type]
+                  dialect=target.dialect)
 
 
 @dataclass
