@@ -32,8 +32,9 @@ def test_reference_mode_reproduces_missing_tool_events_and_verifies_the_fix(run_
     assert "7 of 7 runs lacked tool_executing, tool_completed" in reproduced["evidence"]
     fixed = {name: c for (name, arm), c in checks.items() if arm == "fixed"}
     assert sorted(fixed) == sorted(["all_five_events", "started_first_completed_last", "tool_calls_closed",
-                                    "no_cross_user_events", "status_after_reconnect"])
-    assert all(c["passed"] for c in fixed.values())
+                                    "no_cross_user_events", "status_after_reconnect", "client_not_saturated"])
+    assert all(c["passed"] for name, c in fixed.items() if name != "client_not_saturated")
+    assert fixed["client_not_saturated"]["status"] in ("pass", "inconclusive")  # the client's load: the machine's
     metrics = scraps["metrics"]
     assert metrics["faulty.completeness_rate"] == 0 and metrics["fixed.completeness_rate"] == 1
     assert metrics["faulty.missing_tool_executing"] == 7 and metrics["fixed.runs"] == 7
