@@ -12,6 +12,8 @@ Scraps glued for batch runs and reviews (`glue_result`): `scenario`, `verdict`,
 
 from __future__ import annotations
 
+import ast
+import difflib
 import platform
 import shlex
 from importlib import metadata
@@ -172,8 +174,52 @@ def diagnosis_markdown(findings: Sequence[Any]) -> str:
 
 
 def params_from(namespace: dict[str, Any], params_class: type) -> Any:
-    """The scenario's Params built from the notebook's parameter variables, validated."""
-    return params_class.from_mapping({name: namespace[name] for name in params_class.names() if name in namespace})
+    """The scenario's Params built from the notebook's parameter variables, validated.
+
+    A name assigned in the parameters cell or injected by papermill that the
+    scenario does not know (a typo) stops the notebook, naming it: left alone it
+    would leave the default in force without a word.
+
+    Raises:
+        ParameterError: naming the unknown parameter, or the first wrong value.
+    """
+    from gp_lib.scenarios.common import ParameterError
+
+    known = params_class.names()
+    unknown = [name for name in parameter_names(namespace.get("In") or []) if name not in known]
+    if unknown:
+        hints = [f"{name} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(name, known, 1)) else name
+                 for name in unknown]
+        raise ParameterError(f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(hints)}: set in the "
+                             f"parameters cell or injected by papermill, but {params_class.__module__} does not "
+                             f"know {'them' if len(unknown) > 1 else 'it'} (known: {', '.join(known)})")
+    return params_class.from_mapping({name: namespace[name] for name in known if name in namespace})
+
+
+def parameter_names(sources: Iterable[str]) -> list[str]:
+    """Names assigned by the parameter cells among executed cell sources (IPython's `In`).
+
+    A parameters cell, and the cell papermill injects after it, hold only
+    assignments of literal values; any cell that does something else is not one.
+    """
+    names: dict[str, None] = {}
+    for source in sources:
+        try:
+            body = ast.parse(source or "").body
+        except SyntaxError:
+            continue
+        if body and all(isinstance(node, ast.Assign) and _literal(node.value) for node in body):
+            names.update((target.id, None) for node in body for target in node.targets
+                         if isinstance(target, ast.Name))
+    return list(names)
+
+
+def _literal(node: ast.expr) -> bool:
+    try:
+        ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return False
+    return True
 
 
 # -- display in a notebook ------------------------------------------------------------------

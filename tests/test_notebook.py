@@ -2,6 +2,7 @@
 
 import nbformat
 import pandas as pd
+import pytest
 import scrapbook as sb
 
 from gp_lib import notebook as nb
@@ -79,3 +80,23 @@ def test_scraps_are_read_by_scrapbook(tmp_path):
     nbformat.write(notebook, path)
     scraps = sb.read_notebook(str(path)).scraps
     assert {name: scrap.data for name, scrap in scraps.items()} == values
+
+
+def test_parameter_names_come_from_cells_of_literal_assignments_only():
+    sources = ['target_url = None  # a comment\nsweep_repeats = 3\nsend_delays_ms = [0, -1]',
+               '# Parameters\nsweep_repeat = 1\n',                      # papermill's injected cell, with a typo
+               'from gp_lib import notebook as nb\nparams = nb.params_from(globals(), P)',
+               'result = run(params)\nfigures = []', 'x = 1 +', '']
+    assert nb.parameter_names(sources) == ["target_url", "sweep_repeats", "send_delays_ms", "sweep_repeat"]
+
+
+def test_an_unknown_parameter_stops_the_notebook_naming_it():
+    from gp_lib.scenarios import race_conditions
+    from gp_lib.scenarios.common import ParameterError
+
+    namespace = {"In": ["", "sweep_repeats = 3\nrapid_cycles = 2", "# Parameters\nsweep_repeat = 1\n"],
+                 "sweep_repeats": 3, "rapid_cycles": 2, "sweep_repeat": 1}
+    with pytest.raises(ParameterError, match=r"unknown parameter sweep_repeat \(did you mean sweep_repeats\?\)"):
+        nb.params_from(namespace, race_conditions.Params)
+    namespace["In"] = namespace["In"][:2]
+    assert nb.params_from(namespace, race_conditions.Params).sweep_repeats == 3

@@ -50,3 +50,13 @@ def test_live_mode_against_the_race_fault_fails_with_the_checks_it_breaks(run_no
     assert " attempts closed 1011: " in failed["no_1011_closes"] and "0 of 3 messages" in failed["early_messages_answered"]
     assert scraps["diagnosis"][0]["root_cause"] == rc.NAME
     assert server.secret not in scraps["_executed"].read_text()
+
+
+@pytest.mark.notebook
+def test_a_parameter_typo_injected_by_papermill_stops_the_notebook_naming_it(run_notebook):
+    from papermill.exceptions import PapermillExecutionError
+
+    with pytest.raises(PapermillExecutionError) as raised:
+        run_notebook(NOTEBOOK, {**SMALL, "sweep_repeat": 1}, timeout_s=TIMEOUT_S)
+    assert raised.value.ename == "ParameterError"
+    assert "unknown parameter sweep_repeat (did you mean sweep_repeats?)" in raised.value.evalue
