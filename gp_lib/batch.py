@@ -104,8 +104,14 @@ def run(args: argparse.Namespace) -> int:
     except ParameterError as exc:
         print(f"gp report: error: {exc}", file=sys.stderr)
         return 2
+    seen = run_preflight(plan)
+    if seen is not None and seen.stop:
+        write_stopped(plan, seen)
+        print(redact(f"gp report: error: {seen.stop}\ngp report: the run was stopped before its traffic: "
+                     f"{plan.out / 'summary.json'}"), file=sys.stderr)
+        return 2
     try:
-        summary = run_plan(plan)
+        summary = run_plan(plan, seen.to_dict() if seen is not None else None)
     except Exception:  # exit 1 would say "an issue was found": this run could not be made
         print(redact(f"gp report: error: the run could not be made:\n{traceback.format_exc()}"), file=sys.stderr)
         return 2
@@ -234,7 +240,42 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_plan(plan: Plan) -> dict[str, Any]:
+def run_preflight(plan: Plan) -> Any:
+    """In live mode, one connection and the health routes before any notebook (`gp_lib.preflight`)."""
+    from gp_lib import preflight
+
+    params = next(iter(plan.parameters.values())).params
+    if params.mode != "live":
+        return None
+    for layered in plan.parameters.values():
+        register_secret(os.environ.get(layered.params.jwt_secret_env))
+        register_secret(os.environ.get(layered.params.bypass_key_env))
+    seen = preflight.run(params)
+    print(redact(f"gp: preflight: {seen.line()}"), file=sys.stderr, flush=True)
+    return seen
+
+
+def write_stopped(plan: Plan, seen: Any) -> None:
+    """What a run the preflight stopped leaves: summary.json (verdict error, the cause as its diagnosis),
+    junit.xml, and a report per scenario that says why it was not run."""
+    now = _now()
+    (plan.out / "notebooks").mkdir(parents=True, exist_ok=True)
+    why = f"not run: the preflight stopped the run: {seen.stop}"
+    for entry in plan.entries:
+        write_scenario_report(plan, Outcome(entry, plan.out / "notebooks" / entry.notebook, 0.0, {}, why))
+    summary = {"run_id": plan.run_id, "mode": "live", "target": seen.target, "started_at": now, "finished_at": now,
+               "verdict": "error",
+               "scenarios": {e.scenario: {"verdict": "error", "report": e.report, "checks": [], "metrics": {},
+                                          "error": why} for e in plan.entries},
+               "diagnosis": [{"root_cause": seen.root_cause, "confidence": 0.99, "evidence": [seen.stop]}],
+               "preflight": seen.to_dict()}
+    (plan.out / "summary.json").write_text(report.summary_json(summary))
+    (plan.out / "junit.xml").write_text(report.junit_xml(summary, {}))
+    if plan.latest is not None:
+        _point(plan.latest, plan.out)
+
+
+def run_plan(plan: Plan, preflight: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Execute every notebook of the plan, render the reports; the summary written to OUT."""
     started_at = _now()
     for layered in plan.parameters.values():
@@ -272,6 +313,7 @@ def run_plan(plan: Plan) -> dict[str, Any]:
         "verdict": overall_verdict(o.verdict for o in ordered),
         "scenarios": {o.entry.scenario: scenario_summary(o) for o in ordered},
         "diagnosis": diagnosis.combine({o.entry.scenario: o.scraps for o in ordered}, base_dir=plan.notebooks_dir),
+        **({"preflight": dict(preflight)} if preflight else {}),
     }
     (plan.out / "summary.json").write_text(report.summary_json(summary))
     (plan.out / "junit.xml").write_text(report.junit_xml(summary, {o.entry.scenario: o.seconds for o in ordered}))

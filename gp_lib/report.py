@@ -213,7 +213,7 @@ def junit_xml(summary: Mapping[str, Any], seconds: Mapping[str, float]) -> str:
             counts["tests"] += 1
             counts["errors"] += 1
             error = ET.SubElement(case, "error", message=_xml(entry["error"]), type="run")
-            error.text = f"{_xml(entry['error'])}\nSee {entry['report']}."
+            error.text = f"{_xml(entry['error'])}\nSee {entry['report'] or 'summary.json'}."
         for key, value in counts.items():
             suite.set(key, str(value))
             totals[key] += value
