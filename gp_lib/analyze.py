@@ -27,7 +27,7 @@ from typing import Any
 import nbformat
 import pandas as pd
 
-from gp_lib import diagnosis, events, har, report
+from gp_lib import diagnosis, events, har, protocol, report
 from gp_lib.checks import Check, none_check, ratio_check, verdict
 from gp_lib.notebook import checks_markdown, diagnosis_markdown, markdown_table, package_version
 from gp_lib.protocol import INTERNAL_ERROR
@@ -84,17 +84,38 @@ class Analysis:
 
 # -- reading -------------------------------------------------------------------------------------
 
+#: What `gp analyze` reads, said whenever a file is not it.
+EXPECTED = ("expected a toolkit JSONL trace (one JSON object per line, each with \"record\": \"attempt\" or "
+            "\"frame\", as in OUT/traces/*.jsonl) or a HAR saved from browser DevTools (a JSON object with \"log\")")
+#: Leading bytes of files people pick up by mistake.
+MAGIC = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"%PDF", "a PDF document"),
+         (b"PK\x03\x04", "a ZIP archive"), (b"\x1f\x8b", "a gzip file"), (b"<?xml", "an XML file"),
+         (b"<testsuites", "a JUnit XML report"), (b"<!doctype html", "an HTML page"), (b"<html", "an HTML page"))
+
+
 def load_trace(path: str | Path) -> Trace:
     """Read a HAR file or a toolkit JSONL trace, told apart by content, not by name.
 
     Raises:
-        TraceError: the file is missing, neither a HAR nor a JSONL trace, or holds no connection.
+        TraceError: the file is missing, neither a HAR nor a JSONL trace (saying what it is instead,
+            and what was expected), or holds no connection.
     """
     path = Path(path)
+    if path.is_dir():
+        traces = sorted(path.glob("traces/*.jsonl"))
+        raise TraceError(f"{path}: is a directory" + (f" (a run folder: analyze one of its traces, e.g. "
+                                                       f"{traces[0]})" if traces else "") + f"; {EXPECTED}")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        raw = path.read_bytes()
+    except OSError as exc:
         raise TraceError(f"{path}: cannot be read ({exc})") from None
+    what = describe(raw)
+    if what:
+        raise TraceError(f"{path}: is {what}, not a trace; {EXPECTED}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise TraceError(f"{path}: is binary, not text; {EXPECTED}") from None
     try:
         if _is_har(text):
             imported = har.load_har(path)
@@ -104,11 +125,31 @@ def load_trace(path: str | Path) -> Trace:
             return Trace(path, "HAR", imported.attempts, imported.frames, imported.problems, imported.entries)
         attempts, frames = load_jsonl(path)
     except ValueError as exc:
-        raise TraceError(str(exc)) from None
+        raise TraceError(f"{exc}; {EXPECTED}") from None
     if attempts.empty and frames.empty:
-        raise TraceError(f"{path}: holds no attempts and no frames")
+        raise TraceError(f"{path}: holds no attempts and no frames; {EXPECTED}")
     columns = dict.fromkeys([*ATTEMPT_COLUMNS, *attempts.columns])  # a trace written by other tools may lack some
     return Trace(path, "JSONL", attempts.reindex(columns=list(columns)), frames)
+
+
+def describe(raw: bytes) -> str | None:
+    """What a file that is surely not a trace is ("a PNG image", "a run's summary.json"...), else None."""
+    head = raw[:64].lstrip()
+    for magic, what in MAGIC:
+        if head.lower().startswith(magic.lower()):
+            return what
+    if not raw.strip():
+        return "empty"
+    text = raw.decode("utf-8", "replace")
+    data, _, _ = protocol.load_json(text, limit=len(text) + 1)  # a file the user chose: its depth stays bounded
+    if isinstance(data, dict):
+        if "scenarios" in data and "verdict" in data:
+            return "a run's summary.json (compare runs with `gp compare`; the run's traces are in its traces/ folder)"
+        if "cells" in data and "nbformat" in data:
+            return "a Jupyter notebook"
+    if text.lstrip().startswith("#") and not text.lstrip().startswith("#!"):
+        return "Markdown text (a report?)"
+    return None
 
 
 def _is_har(text: str) -> bool:

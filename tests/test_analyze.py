@@ -155,7 +155,7 @@ def test_a_trace_from_another_tool_may_lack_columns(tmp_path):
 
 @pytest.mark.parametrize("content, why", [
     (None, "cannot be read"),
-    ("", "holds no attempts and no frames"),
+    ("", "is empty, not a trace"),
     ("garbage\n", "not JSON"),
     ('{"some": "object"}\n', "record is neither 'attempt' nor 'frame'"),
     ('{"log": {"entries": 3}}', "not a HAR file"),
@@ -170,3 +170,26 @@ def test_an_unreadable_file_exits_2_naming_it(tmp_path, capsys, content, why):
     code, out, err = gp_analyze(capsys, path, "--out", tmp_path / "out")
     assert code == 2 and out == "" and str(path) in err and why in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content, what", [
+    (b"\x89PNG\r\n\x1a\n" + bytes(range(256)), "is a PNG image, not a trace"),
+    (b'{"run_id": "x", "verdict": "fail", "scenarios": {}}', "is a run's summary.json"),
+    (b'{"cells": [], "nbformat": 4, "metadata": {}}', "is a Jupyter notebook"),
+    (b'<?xml version="1.0"?>\n<testsuites/>', "is an XML file"),
+    (b"# WebSocket race conditions: FAIL\n", "is Markdown text"),
+])
+def test_a_file_that_is_not_a_trace_says_what_it_is_and_what_was_expected(tmp_path, capsys, content, what):
+    path = tmp_path / "picked-up.bin"
+    path.write_bytes(content)
+    code, out, err = gp_analyze(capsys, path, "--out", tmp_path / "out")
+    assert code == 2 and out == "" and what in err
+    assert "expected a toolkit JSONL trace" in err and "HAR saved from browser DevTools" in err
+
+
+def test_a_run_folder_points_at_its_traces(tmp_path, capsys):
+    (tmp_path / "run" / "traces").mkdir(parents=True)
+    (tmp_path / "run" / "traces" / "race_conditions-live.jsonl").write_text("")
+    code, _, err = gp_analyze(capsys, tmp_path / "run")
+    assert code == 2 and "is a directory (a run folder: analyze one of its traces" in err
+    assert "race_conditions-live.jsonl" in err
