@@ -89,7 +89,7 @@ import pandas as pd
 
 from gp_lib import events, protocol
 from gp_lib.checks import ISSUE_REPRODUCED, Check
-from gp_lib.trace import FRAME_COLUMNS, UNREACHABLE_OUTCOMES, concat, load_jsonl
+from gp_lib.trace import FRAME_COLUMNS, UNREACHABLE_OUTCOMES, concat, load_jsonl, sent_before_ready
 
 RACE = "race_conditions"
 DEPENDENCIES = "service_dependencies"
@@ -354,8 +354,7 @@ def _prepare(attempts: pd.DataFrame, frames: pd.DataFrame | None) -> _Evidence:
     a["offer_refused"] = (a["close_code"] == SUBPROTOCOL_REFUSED) | (
         offered & status.between(400, 499) & ~status.isin([401, 403, 404]))
     a["admitted"] = a["connected"] & ~a["rejected"]
-    a["early"] = a["admitted"] & a["t_first_send_ms"].notna() & (
-        a["t_ready_ms"].isna() | (a["t_first_send_ms"] < a["t_ready_ms"]))
+    a["early"] = a["admitted"] & sent_before_ready(a)
     # only the sockets that saw a run event: run_table walks socket by socket, ten times slower on a race storm
     with_runs = set(received.loc[received["type"].isin(protocol.RUN_EVENT_TYPES), "attempt_id"])
     runs = events.run_table(frames[frames["attempt_id"].isin(with_runs)], a[["attempt_id", "user_id"]])

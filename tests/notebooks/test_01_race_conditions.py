@@ -31,7 +31,7 @@ def test_reference_mode_reproduces_the_race_and_verifies_the_fix(run_notebook):
     metrics = scraps["metrics"]
     assert metrics["faulty.closed_1011"] > 0 and metrics["fixed.closed_1011"] == 0
     assert metrics["faulty.race_window_ms"] == 0 and metrics["fixed.race_window_ms"] is None
-    assert metrics["faulty.closed_1011_wait_ready"] == 0
+    assert metrics["faulty.closed_1011_not_sent_before_ready"] == 0
     assert len(scraps["figures"]) == 4 and all(Path(p).stat().st_size > 10_000 for p in scraps["figures"])
     assert sorted(Path(p).name for p in scraps["traces"]) == ["race_conditions-faulty.jsonl",
                                                                "race_conditions-fixed.jsonl"]
