@@ -88,7 +88,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from gp_lib import events, protocol
-from gp_lib.checks import ISSUE_REPRODUCED, Check
+from gp_lib.checks import FAIL, ISSUE_REPRODUCED, Check, status_of
 from gp_lib.trace import FRAME_COLUMNS, UNREACHABLE_OUTCOMES, concat, load_jsonl, sent_before_ready
 
 RACE = "race_conditions"
@@ -398,7 +398,7 @@ def _failing_checks(checks: Mapping[str, Iterable[Check | Mapping[str, Any]]]) -
     """`{scenario: [names of failed checks]}`, the issue_reproduced summary left out."""
     as_dicts = {scenario: [c.to_dict() if isinstance(c, Check) else c for c in found]
                 for scenario, found in checks.items()}
-    failing = {scenario: [c["name"] for c in found if not c["passed"] and c["name"] != ISSUE_REPRODUCED]
+    failing = {scenario: [c["name"] for c in found if status_of(c) == FAIL and c["name"] != ISSUE_REPRODUCED]
                for scenario, found in as_dicts.items()}
     return {scenario: names for scenario, names in failing.items() if names}
 

@@ -37,7 +37,7 @@ SECTION_TITLES = {
     "reproduce": "Reproduce this run",
 }
 VERSIONED = ("golden-path-lab", "websockets", "PyJWT", "pandas", "matplotlib", "papermill", "nbconvert", "scrapbook")
-BADGES = {"pass": "PASS", "fail": "FAIL", "error": "ERROR"}
+BADGES = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "inconclusive": "INCONCLUSIVE"}
 
 
 # -- text building (pure, tested) ---------------------------------------------------------
@@ -70,17 +70,21 @@ def verdict_markdown(result: Any, headline: Sequence[str] = ()) -> str:
         lines = [f"**Verdict: {badge}**: the run could not be made: {result.error}"]
     elif result.mode == "reference":
         reproduced = next((c for c in result.checks if c.name == "issue_reproduced"), None)
-        fixed_failures = [c for c in result.checks if c.arm == "fixed" and not c.passed]
+        fixed_failures = [c for c in result.checks if c.arm == "fixed" and c.failed]
         lines = [f"**Verdict: {badge}** (reference mode: the reference server with the fault injected, then fixed)",
                  "",
                  f"- Issue reproduced in the faulty arm: **{'yes' if reproduced and reproduced.passed else 'no'}**",
                  f"- Remediation verified in the fixed arm: **{'yes' if not fixed_failures else 'no'}**"
                  + ("" if not fixed_failures else " (" + ", ".join(c.name for c in fixed_failures) + " failed)")]
     else:
-        failed = [c for c in result.checks if not c.passed]
+        failed = [c for c in result.checks if c.failed]
+        undecided = [c for c in result.checks if c.inconclusive]
+        decided = f"{len(result.checks) - len(undecided)}{' decided' if undecided else ''} checks"
         lines = [f"**Verdict: {badge}** against `{result.target}`: "
-                 + (f"{len(failed)} of {len(result.checks)} checks failed ({', '.join(c.name for c in failed)})"
-                    if failed else f"all {len(result.checks)} checks passed")]
+                 + (f"{len(failed)} of {decided} failed ({', '.join(c.name for c in failed)})"
+                    if failed else f"all {decided} passed")
+                 + (f"; {len(undecided)} inconclusive on this target ({', '.join(c.name for c in undecided)})"
+                    if undecided else "")]
     figures = [(name, result.metrics[name]) for name in _headline_keys(result, headline) if name in result.metrics]
     if figures:
         lines += ["", "| figure | value |", "| --- | --- |"] + [f"| {n} | {_cell(v)} |" for n, v in figures]
@@ -110,7 +114,7 @@ def remediation_markdown(result: Any) -> str:
         rows.append({"check": name,
                      "faulty arm": _judged(faulty.get(name)),
                      "fixed arm": _judged(fixed.get(name))})
-    verified = all(c.passed for c in fixed.values()) and any(not c.passed for c in faulty.values())
+    verified = not any(c.failed for c in fixed.values()) and any(c.failed for c in faulty.values())
     summary = ("The fault makes these checks fail and the fix makes every one pass: remediation verified."
                if verified else "The arms do not show a clean fault/fix contrast: remediation NOT verified.")
     return summary + "\n\n" + markdown_table(rows)
@@ -119,7 +123,7 @@ def remediation_markdown(result: Any) -> str:
 def _judged(check: Check | None) -> str:
     if check is None:
         return ""
-    return ("PASS" if check.passed else "FAIL") + f": {check.evidence}"
+    return check.status.upper() + f": {check.evidence}"
 
 
 def environment_markdown(result: Any) -> str:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from gp_lib.redact import redact, register_secret
-from gp_lib.refserver.dialect import Dialect
+from gp_lib.dialects import Dialect
 from gp_lib.refserver.faults import Faults
 
 ADMIN_TIMEOUT_S = 5.0

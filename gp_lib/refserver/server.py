@@ -46,7 +46,7 @@ from gp_lib.auth import TokenError, mint_token, token_from_offer, verify_token
 from gp_lib.protocol import (AGENT_REQUEST_ALIASES, HANDSHAKE_ACK, INTERNAL_ERROR, INVALID_TYPE, POLICY_VIOLATION,
                              SERVICES, decode, field as read_field)
 from gp_lib.refserver.agent import UNAVAILABLE_TEXT, RunBook, run_agent, run_fallback, run_stalled
-from gp_lib.refserver.dialect import Dialect
+from gp_lib.dialects import Dialect
 from gp_lib.refserver.factory import ConnectionManager, ConnectionManagerFactory, FactoryInitializationError
 from gp_lib.refserver.faults import Faults
 

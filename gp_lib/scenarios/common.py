@@ -31,7 +31,7 @@ from gp_lib import auth, protocol
 from gp_lib.checks import Check, reference_checks, verdict
 from gp_lib.client import TracedConnection
 from gp_lib.redact import is_secret_name, redact, register_secret
-from gp_lib.refserver.dialect import Dialect
+from gp_lib.dialects import Dialect
 from gp_lib.trace import UNREACHABLE_OUTCOMES, AttemptRecord, concat, save_jsonl, to_tables
 
 ENVS = ("local", "staging")

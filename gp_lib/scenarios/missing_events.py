@@ -45,7 +45,7 @@ from __future__ import annotations
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -375,7 +375,7 @@ def _completeness_check(runs: pd.DataFrame, complete: int, at_least: float) -> C
     lacking = runs.loc[~runs["complete"].astype(bool), "missing"].value_counts()
     if not len(lacking):
         return check
-    return Check(name, check.passed, check.evidence + "; " + "; ".join(
+    return replace(check, evidence=check.evidence + "; " + "; ".join(
         f"{n} of {total} runs lacked {missing}" for missing, n in lacking.items()))
 
 
@@ -460,8 +460,8 @@ def interpret(result: ScenarioResult) -> str:
         if arm in result.arm_metrics:
             lines.append(_interpret_arm(arm, result.arm_metrics[arm], result.params))
     if result.mode == "reference":
-        faulty = [c for c in result.arm_checks.get("faulty", []) if not c.passed]
-        fixed = [c for c in result.arm_checks.get("fixed", []) if not c.passed]
+        faulty = [c for c in result.arm_checks.get("faulty", []) if c.failed]
+        fixed = [c for c in result.arm_checks.get("fixed", []) if c.failed]
         if faulty and not fixed:
             lines.append(f"With emission fixed, every check passes ({', '.join(c.name for c in faulty)} failed with "
                          f"the `{result.params.get('reference_events_mode')}` fault): the remediation is to emit "

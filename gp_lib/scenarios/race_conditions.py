@@ -40,7 +40,7 @@ from typing import Any
 
 import pandas as pd
 
-from gp_lib import events, protocol
+from gp_lib import protocol
 from gp_lib.checks import Check, ratio_check
 from gp_lib.scenarios.common import (CommonParams, Observation, ParameterError, ScenarioResult, Target,
                                      bounded_gather, list_field, outcome_counts, run_scenario)

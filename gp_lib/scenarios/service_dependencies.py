@@ -42,7 +42,6 @@ users would have seen, per condition.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import urllib.error
 import urllib.request

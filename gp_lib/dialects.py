@@ -1,4 +1,4 @@
-"""How the reference server words its messages: the deployment variants of PROTOCOL.md.
+"""Dialects: how a server words the protocol of PROTOCOL.md, as data the reference server and the client share.
 
 Real targets differ in message layout, readiness marker, timestamp format,
 error frames, where they accept the token and whether they serve HTTP routes.
