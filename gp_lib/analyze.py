@@ -29,6 +29,7 @@ import pandas as pd
 
 from gp_lib import diagnosis, events, har, protocol, report
 from gp_lib.checks import Check, none_check, ratio_check, verdict
+from gp_lib.next_steps import IMPACT
 from gp_lib.notebook import checks_markdown, diagnosis_markdown, markdown_table, package_version
 from gp_lib.protocol import INTERNAL_ERROR
 from gp_lib.trace import ATTEMPT_COLUMNS, connection_metrics, load_jsonl, save_jsonl
@@ -36,21 +37,6 @@ from gp_lib.trace import ATTEMPT_COLUMNS, connection_metrics, load_jsonl, save_j
 SCENARIO = har.SCENARIO
 REPORT = "GOLDEN_PATH_CAPTURED_TRACE_TEST_REPORT.md"
 TITLE = "Captured trace"
-#: What each root cause costs, in the words of the scenario notebooks (the seed test plan).
-IMPACT = {
-    "race_conditions": "Users cannot establish chat sessions: the connection dies during the handshake, "
-                       "before any AI answer can be delivered.",
-    "service_dependencies": "Chat appears to work but gives no substantive answer: the agent fails silently "
-                            "when a service it needs is down.",
-    "factory_initialization": "The real-time layer is broken: connections close before they are ready, so no "
-                              "user gets live updates.",
-    "missing_events": "Users see no progress while the agent works, think the system is broken and abandon the "
-                      "session; events delivered to another user leak one customer's data to another.",
-    "authentication": "Users are refused at the door: the token or the way it travels is rejected.",
-    "unreachable": "The service cannot be reached at all.",
-}
-
-
 class TraceError(ValueError):
     """The file cannot be read as a trace; the message names it."""
 
@@ -284,7 +270,7 @@ def report_notebook(analysis: Analysis, figure: str) -> nbformat.NotebookNode:
                        if failed else f"all {len(analysis.checks)} checks passed")
                     + ("" if not analysis.findings else f"; strongest root cause: {analysis.findings[0].root_cause}")
                     + "\n\n" + markdown_table(headline))
-    impact = "\n\n".join(f"**{f.root_cause}**: {IMPACT[f.root_cause]}" for f in analysis.findings
+    impact = "\n\n".join(f"**{f.root_cause}**: {IMPACT[f.root_cause]}" for f in analysis.findings[:2]
                          if f.root_cause in IMPACT) or "Nothing wrong was found in this trace: no impact to report."
     root_cause = diagnosis_markdown(analysis.findings)
     if trace.problems:

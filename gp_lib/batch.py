@@ -417,6 +417,8 @@ def scenario_summary(outcome: Outcome) -> dict[str, Any]:
              "metrics": outcome.scraps.get("summary", {}).get("metrics", {}) if not outcome.error else {}}
     if outcome.why:
         entry["error"] = outcome.why
+    elif outcome.scraps.get("failures_belong_to"):
+        entry["failures_belong_to"] = outcome.scraps["failures_belong_to"]
     return entry
 
 
@@ -430,7 +432,8 @@ def write_scenario_report(plan: Plan, outcome: Outcome) -> Path:
              ("duration", f"{outcome.seconds:.1f} s")]
     context = report.ReportContext(scenario=outcome.entry.scenario, title=outcome.entry.title, verdict=outcome.verdict,
                             error=outcome.why, facts=facts, command=plan.commands[outcome.entry.scenario],
-                            parameters=plan.parameters[outcome.entry.scenario].values)
+                            parameters=plan.parameters[outcome.entry.scenario].values,
+                            headline=None if outcome.error else outcome.scraps.get("headline"))
     return report.write_report(outcome.executed, plan.out, outcome.entry.report, context)
 
 

@@ -7,7 +7,8 @@ the order of `SECTIONS`; untagged cells stay in the notebook only.
 
 Scraps glued for batch runs and reviews (`glue_result`): `scenario`, `verdict`,
 `mode`, `target` (live mode only), `checks`, `arm_checks`, `metrics`, `diagnosis`, `params`,
-`traces`, `figures`, `summary`.
+`traces`, `figures`, `summary`, and when there is one, `headline` (the words after the report title's badge)
+and `failures_belong_to` (the root cause that failed this scenario's checks when its own was not seen).
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ import pandas as pd
 
 from gp_lib.checks import Check, checks_table
 
-#: Report sections, in the order DESIGN.md gives; a cell joins one with the tag `section-<name>`.
-SECTIONS = ("verdict", "impact", "root-cause", "results", "plots", "environment", "remediation", "reproduce")
+#: Report sections, in order: what to do first, then the findings before their business impact (issue 11 changed
+#: DESIGN.md's order); a cell joins one with the tag `section-<name>`.
+SECTIONS = ("next", "verdict", "root-cause", "impact", "results", "plots", "environment", "remediation", "reproduce")
 SECTION_TITLES = {
+    "next": "What to do now",
     "verdict": "Verdict",
     "impact": "Business impact",
     "root-cause": "Technical root-cause analysis",
@@ -63,8 +66,10 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def verdict_markdown(result: Any, headline: Sequence[str] = ()) -> str:
-    """The verdict line and the headline figures."""
+def verdict_markdown(result: Any, headline: Sequence[str] = (), findings: Sequence[Any] = ()) -> str:
+    """The verdict line, whose failures they are when another root cause made them, and the headline figures."""
+    from gp_lib import next_steps
+
     badge = BADGES[result.verdict]
     if result.error:
         lines = [f"**Verdict: {badge}**: the run could not be made: {result.error}"]
@@ -85,6 +90,10 @@ def verdict_markdown(result: Any, headline: Sequence[str] = ()) -> str:
                     if failed else f"all {decided} passed")
                  + (f"; {len(undecided)} inconclusive on this target ({', '.join(c.name for c in undecided)})"
                     if undecided else "")]
+        other = next_steps.attribution(result, findings)
+        if other:
+            lines += ["", f"**These failures belong to another root cause: {other}.** This scenario's own cause, "
+                          f"{next_steps.GUIDES[result.scenario].name}, was not seen (the diagnosis says why)."]
     figures = [(name, result.metrics[name]) for name in _headline_keys(result, headline) if name in result.metrics]
     if figures:
         lines += ["", "| figure | value |", "| --- | --- |"] + [f"| {n} | {_cell(v)} |" for n, v in figures]
@@ -254,6 +263,8 @@ def show_figure(figure: Any, name: str, result: Any, out_dir: str | Path, figure
 
 def glue_result(result: Any, findings: Sequence[Any], traces: Sequence[str], figures: Sequence[str]) -> None:
     """Glue the scraps that batch runs and reviews read (see the module docstring)."""
+    from gp_lib import next_steps
+
     glue({
         "scenario": result.scenario,
         "verdict": result.verdict,
@@ -267,6 +278,8 @@ def glue_result(result: Any, findings: Sequence[Any], traces: Sequence[str], fig
         "traces": list(traces),
         "figures": list(figures),
         "summary": result.summary(),
+        "headline": next_steps.headline(result, findings),
+        "failures_belong_to": next_steps.attribution(result, findings),
     })
 
 
