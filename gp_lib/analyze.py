@@ -276,16 +276,21 @@ def report_notebook(analysis: Analysis, figure: str) -> nbformat.NotebookNode:
     if trace.problems:
         root_cause += (f"\n\n**{len(trace.problems)} parts of the file could not be read** (left out of the "
                        "analysis):\n\n" + "\n".join(f"- {p}" for p in trace.problems))
-    columns = ["attempt_id", "socket_user", "run_id", "sequence", "missing", "ending", "problems"]
-    results = checks_markdown(analysis.checks) + "\n\n**Agent runs seen by the validators**\n\n" \
-        + markdown_table(analysis.runs, columns)
-    attempts = trace.attempts.assign(close_code=trace.attempts["close_code"].astype(object).where(
-        trace.attempts["close_code"].notna(), "unknown")) if len(trace.attempts) else trace.attempts
-    results += "\n\n**Connection attempts**\n\n" + markdown_table(
-        attempts, [c for c in ("attempt_id", "user_id", "url", "handshake_status", "t_open_ms", "t_ready_ms",
-                               "close_code", "outcome", "frames_sent", "frames_received") if c in attempts])
-    plots = ("Each row is one connection; each mark a frame, at its time since the connection started. "
-             "A run missing events shows gaps in its colour sequence.\n\n" f"![timeline]({figure})")
+    results = (checks_markdown(analysis.checks) + "\n\n**How the connections ended**\n\n"
+               + markdown_table(endings(trace.attempts)))
+    if len(analysis.runs):
+        results += "\n\n**Agent runs seen by the validators**, alike ones counted once\n\n" \
+            + markdown_table(run_kinds(analysis.runs))
+    results += (f"\n\nEvery attempt ({len(trace.attempts)}) and frame ({len(trace.frames)}) is in "
+                f"[traces/{SCENARIO}.jsonl](traces/{SCENARIO}.jsonl): `gp analyze` reads it back, and pandas reads "
+                "it with `gp_lib.trace.load_jsonl`.")
+    from gp_lib.plots.history import MAX_TIMELINE_ROWS
+
+    sampled = len(trace.attempts) > MAX_TIMELINE_ROWS
+    plots = ("Each row is one connection; each mark a frame, at its time since the connection started; an x is a "
+             "close, coloured by its code. A run missing events shows gaps in its colour sequence."
+             + (f" With {len(trace.attempts)} connections the timeline shows an evenly spaced sample of "
+                f"{MAX_TIMELINE_ROWS}, as its title says." if sampled else "") + f"\n\n![timeline]({figure})")
     environment = markdown_table([
         {"item": "file", "value": str(trace.path)}, {"item": "kind", "value": trace.kind},
         *([{"item": "HAR entries", "value": trace.entries}] if trace.entries is not None else []),
@@ -299,11 +304,68 @@ def report_notebook(analysis: Analysis, figure: str) -> nbformat.NotebookNode:
                    "exits 1 when the later one is worse.")
     reproduce = "The analysis reads only the file, so the same command gives the same report."
     notebook = nbformat.v4.new_notebook()
-    for section, text in (("verdict", verdict_text), ("impact", impact), ("root-cause", root_cause),
+    for section, text in (("next", next_text(analysis)), ("verdict", verdict_text), ("impact", impact), ("root-cause", root_cause),
                           ("results", results), ("plots", plots), ("environment", environment),
                           ("remediation", remediation), ("reproduce", reproduce)):
         notebook.cells.append(nbformat.v4.new_markdown_cell(text, metadata={"tags": [f"section-{section}"]}))
     return notebook
+
+
+def next_text(analysis: Analysis) -> str:
+    """What to do now about a capture: the strongest cause, where to look, and how to verify the fix."""
+    from gp_lib.next_steps import GUIDES
+
+    name = analysis.trace.path.name
+    verify = ("**After deploying the fix**, capture the same user flow again and compare:\n\n```sh\n"
+              f"gp analyze AFTER.{'har' if analysis.trace.kind == 'HAR' else 'jsonl'} --out OUT_AFTER\n"
+              "gp compare OUT OUT_AFTER\n```\n\n(OUT is this report's folder.)")
+    if not analysis.findings:
+        failed = [c.name for c in analysis.checks if c.failed]
+        if not failed:
+            return f"**Nothing to fix in `{name}`:** no check failed and no root cause has evidence."
+        return (f"**No known root cause explains the failing checks** ({', '.join(failed)}): "
+                f"{GUIDES['unknown'].where}\n\n{verify}")
+    top = analysis.findings[0]
+    guide = GUIDES.get(top.root_cause, GUIDES["unknown"])
+    return "\n\n".join([f"**Cause:** {guide.name} (`{top.root_cause}`)" + (f": {top.evidence[0]}." if top.evidence
+                                                                            else "."),
+                          f"**Where to look in the server:** {guide.where}",
+                          *([f"**Then prove it live:** `gp report --target URL --scenario {guide.scenario}`."]
+                            if guide.scenario else []),
+                          verify])
+
+
+def endings(attempts: pd.DataFrame, limit: int = 12) -> pd.DataFrame:
+    """How the attempts ended, counted: outcome, close code and reason (or HTTP status), most frequent first."""
+    columns = ["attempts", "outcome", "close code", "close reason or HTTP status"]
+    if not len(attempts):
+        return pd.DataFrame(columns=columns)
+    code = pd.to_numeric(attempts["close_code"], errors="coerce")
+    status = pd.to_numeric(attempts["handshake_status"], errors="coerce")
+    said = [f"HTTP {int(s)}" if pd.notna(s) and s != 101 else (r if isinstance(r, str) and r else "")
+            for s, r in zip(status, attempts["close_reason"])]
+    table = pd.DataFrame({"outcome": attempts["outcome"].fillna("unknown").astype(str),
+                          "close code": [str(int(c)) if pd.notna(c) else "not recorded" for c in code],
+                          "close reason or HTTP status": said})
+    counted = table.value_counts().rename("attempts").reset_index()
+    if len(counted) > limit:
+        rest = int(counted["attempts"].iloc[limit - 1:].sum())
+        counted = pd.concat([counted.iloc[:limit - 1], pd.DataFrame([{
+            "attempts": rest, "outcome": f"{len(counted) - limit + 1} other endings", "close code": "",
+            "close reason or HTTP status": ""}])], ignore_index=True)
+    return counted[columns]
+
+
+def run_kinds(runs: pd.DataFrame) -> pd.DataFrame:
+    """The agent runs grouped by how they ended and what they lacked, with an example run of each."""
+    table = runs.assign(missing=runs["missing"].fillna("").astype(str).replace("", "none"),
+                        ending=runs["ending"].fillna("").astype(str),
+                        problems=runs["problems"].fillna("").astype(str).map(lambda p: p.split("; ")[0]))
+    grouped = table.groupby(["ending", "missing", "problems"], sort=False).agg(
+        runs=("run_id", "size"), example=("run_id", "first")).reset_index()
+    grouped = grouped.sort_values("runs", ascending=False, kind="stable")
+    return grouped[["runs", "ending", "missing", "problems", "example"]].rename(
+        columns={"problems": "first problem", "example": "example run"})
 
 
 # -- the command line -----------------------------------------------------------------------------
