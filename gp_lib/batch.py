@@ -261,8 +261,9 @@ def write_stopped(plan: Plan, seen: Any) -> None:
     now = _now()
     (plan.out / "notebooks").mkdir(parents=True, exist_ok=True)
     why = f"not run: the preflight stopped the run: {seen.stop}"
-    for entry in plan.entries:
-        write_scenario_report(plan, Outcome(entry, plan.out / "notebooks" / entry.notebook, 0.0, {}, why))
+    outcomes = [Outcome(entry, plan.out / "notebooks" / entry.notebook, 0.0, {}, why) for entry in plan.entries]
+    for outcome in outcomes:
+        write_scenario_report(plan, outcome)
     summary = {"run_id": plan.run_id, "mode": "live", "target": seen.target, "started_at": now, "finished_at": now,
                "verdict": "error",
                "scenarios": {e.scenario: {"verdict": "error", "report": e.report, "checks": [], "metrics": {},
@@ -271,6 +272,7 @@ def write_stopped(plan: Plan, seen: Any) -> None:
                "preflight": seen.to_dict()}
     (plan.out / "summary.json").write_text(report.summary_json(summary))
     (plan.out / "junit.xml").write_text(report.junit_xml(summary, {}))
+    write_index(plan, summary, outcomes)
     if plan.latest is not None:
         _point(plan.latest, plan.out)
 
@@ -317,6 +319,7 @@ def run_plan(plan: Plan, preflight: Mapping[str, Any] | None = None) -> dict[str
     }
     (plan.out / "summary.json").write_text(report.summary_json(summary))
     (plan.out / "junit.xml").write_text(report.junit_xml(summary, {o.entry.scenario: o.seconds for o in ordered}))
+    write_index(plan, summary, ordered)
     scrub(plan.out)
     if plan.latest is not None:
         _point(plan.latest, plan.out)
@@ -424,22 +427,34 @@ def scenario_summary(outcome: Outcome) -> dict[str, Any]:
 
 def write_scenario_report(plan: Plan, outcome: Outcome) -> Path:
     """Render the scenario's GOLDEN_PATH_*_TEST_REPORT.md from its executed notebook."""
+    return report.write_report(outcome.executed, plan.out, outcome.entry.report, scenario_context(plan, outcome))
+
+
+def scenario_context(plan: Plan, outcome: Outcome) -> report.ReportContext:
+    """What the batch knows about one scenario run, for its Markdown report and its part of index.html."""
     params = plan.parameters[outcome.entry.scenario].params
     facts = [("scenario", outcome.entry.scenario), ("mode", params.mode),
              ("target", params.target_url or "reference server, started per arm on 127.0.0.1"),
              ("run", plan.run_id), ("notebook", f"notebooks/{outcome.entry.notebook}"),
              ("executed notebook", f"[notebooks/{outcome.entry.notebook}](notebooks/{outcome.entry.notebook})"),
              ("duration", f"{outcome.seconds:.1f} s")]
-    context = report.ReportContext(scenario=outcome.entry.scenario, title=outcome.entry.title, verdict=outcome.verdict,
-                            error=outcome.why, facts=facts, command=plan.commands[outcome.entry.scenario],
-                            parameters=plan.parameters[outcome.entry.scenario].values,
-                            headline=None if outcome.error else outcome.scraps.get("headline"))
-    return report.write_report(outcome.executed, plan.out, outcome.entry.report, context)
+    return report.ReportContext(scenario=outcome.entry.scenario, title=outcome.entry.title, verdict=outcome.verdict,
+                                error=outcome.why, facts=facts, command=plan.commands[outcome.entry.scenario],
+                                parameters=plan.parameters[outcome.entry.scenario].values,
+                                headline=None if outcome.error else outcome.scraps.get("headline"))
+
+
+def write_index(plan: Plan, summary: Mapping[str, Any], outcomes: list[Outcome]) -> Path:
+    """OUT/index.html: the run's summary and every scenario's report on one self-contained page."""
+    from gp_lib import index_html
+
+    return index_html.write(plan.out, summary, [(o.entry.title, o.executed, scenario_context(plan, o))
+                                                for o in outcomes])
 
 
 # -- after the run ----------------------------------------------------------------------------
 
-SCRUBBED = (".md", ".json", ".xml", ".ipynb", ".jsonl", ".log", ".txt", ".csv")
+SCRUBBED = (".md", ".json", ".xml", ".ipynb", ".jsonl", ".log", ".txt", ".csv", ".html")
 
 
 def scrub(out: Path) -> None:
