@@ -87,11 +87,13 @@ IMPACT = {
     "factory_initialization": "The real-time layer is broken for everyone: connections close before they are "
                               "ready, so no user gets live updates or an answer, until the configuration is fixed.",
     "missing_events": "Users see no progress while the agent works, think the system is broken and abandon the "
-                      "session; events delivered to another user leak one customer's data to another.",
+                      "session.",
     "authentication": "Users are refused at the door: the token or the way it travels is rejected.",
     "unreachable": "The service cannot be reached at all.",
     "unknown": "Sessions fail in a way none of the known root causes explains.",
 }
+#: Said only when this run saw an event reach another user's socket.
+LEAK = "Events reached another user's socket: one customer's data shown to another, a security incident."
 #: Per scenario, how many of what this run saw were hurt: (bad metric or metrics, total metric, what they are).
 AFFECTED = {
     "race_conditions": (("closed_1011",), "attempts", "connection attempts ended in 1011"),
@@ -136,7 +138,8 @@ def impact_markdown(result: Any, findings: Sequence[Any]) -> str:
                 f"finds it, {GUIDES[result.scenario].name} costs this: {IMPACT[result.scenario]}")
     if result.verdict == "pass" or not findings:
         return "None seen: no check failed and no root cause has evidence in this run."
-    lines = [f"**{f.root_cause}**: {IMPACT.get(f.root_cause, IMPACT['unknown'])}" for f in findings[:2]]
+    lines = [f"**{f.root_cause}**: {IMPACT.get(f.root_cause, IMPACT['unknown'])}"
+             + (f" {LEAK}" if any("cross-user delivery" in e for e in f.evidence) else "") for f in findings[:2]]
     hurt = affected(result)
     if hurt:
         lines.append(f"In this run: {hurt}. The chat carries about 90% of the product's value over these sessions.")

@@ -90,3 +90,14 @@ def test_impact_speaks_only_of_what_this_run_found():
     assert next_steps.impact_markdown(_live([Check("no_1011_closes", True, "0 of 9")]), []).startswith("None seen")
     errored = _live([], error="target unreachable: none of 9 attempts connected")
     assert next_steps.impact_markdown(errored, []).startswith("Not measured")
+
+
+def test_a_data_leak_is_named_only_when_this_run_saw_one():
+    events = _live([Check("all_five_events", False, "0 of 5")], scenario="missing_events",
+                   metrics={"runs": 5, "complete_runs": 0})
+    lacking = Finding("missing_events", 0.99, ["5 of 5 finished runs lacked events (tool_executing missing in 5)"])
+    assert "another user" not in next_steps.impact_markdown(events, [lacking])
+    assert "In this run: 5 of 5 agent runs lacked events (100%)" in next_steps.impact_markdown(events, [lacking])
+    leaking = Finding("missing_events", 0.99, ["cross-user delivery: 12 events of other users' runs reached 2 users' "
+                                               "sockets: a security defect"])
+    assert "one customer's data shown to another" in next_steps.impact_markdown(events, [leaking])
