@@ -247,12 +247,17 @@ def run_preflight(plan: Plan) -> Any:
     params = next(iter(plan.parameters.values())).params
     if params.mode != "live":
         return None
-    for layered in plan.parameters.values():
-        register_secret(os.environ.get(layered.params.jwt_secret_env))
-        register_secret(os.environ.get(layered.params.bypass_key_env))
+    _register_secrets(plan)
     seen = preflight.run(params)
     print(redact(f"gp: preflight: {seen.line()}"), file=sys.stderr, flush=True)
     return seen
+
+
+def _register_secrets(plan: Plan) -> None:
+    """The secrets the run's tokens come from, redacted from everything it prints and writes."""
+    for layered in plan.parameters.values():
+        register_secret(os.environ.get(layered.params.jwt_secret_env))
+        register_secret(os.environ.get(layered.params.bypass_key_env))
 
 
 def write_stopped(plan: Plan, seen: Any) -> None:
@@ -280,9 +285,7 @@ def write_stopped(plan: Plan, seen: Any) -> None:
 def run_plan(plan: Plan, preflight: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Execute every notebook of the plan, render the reports; the summary written to OUT."""
     started_at = _now()
-    for layered in plan.parameters.values():
-        register_secret(os.environ.get(layered.params.jwt_secret_env))
-        register_secret(os.environ.get(layered.params.bypass_key_env))
+    _register_secrets(plan)
     (plan.out / "notebooks").mkdir(parents=True, exist_ok=True)
     outcomes: dict[str, Outcome] = {}
     context = multiprocessing.get_context("spawn")

@@ -209,22 +209,32 @@ def params_from(namespace: dict[str, Any], params_class: type) -> Any:
     return params_class.from_mapping({name: namespace[name] for name in known if name in namespace})
 
 
-def parameter_names(sources: Iterable[str]) -> list[str]:
-    """Names assigned by the parameter cells among executed cell sources (IPython's `In`).
+def parameter_names(sources: Sequence[str]) -> list[str]:
+    """Names assigned by the parameter cells just run, from the executed cell sources (IPython's `In`).
 
     A parameters cell, and the cell papermill injects after it, hold only
-    assignments of literal values; any cell that does something else is not one.
+    assignments of literal values. They are the run of such cells right before
+    the cell executing now, so a typo fixed and run again is forgotten.
     """
+    cells = list(sources)
+    if cells and not _assigns_literals(cells[-1]):  # the cell running now
+        cells.pop()
     names: dict[str, None] = {}
-    for source in sources:
-        try:
-            body = ast.parse(source or "").body
-        except SyntaxError:
-            continue
-        if body and all(isinstance(node, ast.Assign) and _literal(node.value) for node in body):
-            names.update((target.id, None) for node in body for target in node.targets
-                         if isinstance(target, ast.Name))
+    for source in reversed(cells):
+        body = _assigns_literals(source)
+        if not body:
+            break
+        names.update((target.id, None) for node in body for target in node.targets if isinstance(target, ast.Name))
     return list(names)
+
+
+def _assigns_literals(source: str) -> list[ast.Assign]:
+    """The statements of `source` when it only assigns literal values, else an empty list."""
+    try:
+        body = ast.parse(source or "").body
+    except SyntaxError:
+        return []
+    return body if body and all(isinstance(node, ast.Assign) and _literal(node.value) for node in body) else []
 
 
 def _literal(node: ast.expr) -> bool:

@@ -87,11 +87,15 @@ def test_scraps_are_read_by_scrapbook(tmp_path):
 
 
 def test_parameter_names_come_from_cells_of_literal_assignments_only():
-    sources = ['target_url = None  # a comment\nsweep_repeats = 3\nsend_delays_ms = [0, -1]',
-               '# Parameters\nsweep_repeat = 1\n',                      # papermill's injected cell, with a typo
-               'from gp_lib import notebook as nb\nparams = nb.params_from(globals(), P)',
-               'result = run(params)\nfigures = []', 'x = 1 +', '']
-    assert nb.parameter_names(sources) == ["target_url", "sweep_repeats", "send_delays_ms", "sweep_repeat"]
+    running = 'from gp_lib import notebook as nb\nparams = nb.params_from(globals(), P)'
+    papermill = ['', 'target_url = None  # a comment\nsweep_repeats = 3\nsend_delays_ms = [0, -1]',
+                 '# Parameters\nsweep_repeat = 1\n', running]     # the injected cell, with a typo
+    assert sorted(nb.parameter_names(papermill)) == ["send_delays_ms", "sweep_repeat", "sweep_repeats", "target_url"]
+    assert sorted(nb.parameter_names(papermill[:-1])) == sorted(nb.parameter_names(papermill))  # `In` not yet updated
+    # in JupyterLab: the typo run, then fixed and run again: only the latest parameters count
+    lab = ['', 'sweep_repeat = 1', running, 'result = run(params)\nfigures = []', 'sweep_repeats = 1', running]
+    assert nb.parameter_names(lab) == ["sweep_repeats"]
+    assert nb.parameter_names(['', 'x = 1 +', running]) == []
 
 
 def test_an_unknown_parameter_stops_the_notebook_naming_it():
