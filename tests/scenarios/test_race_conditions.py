@@ -13,7 +13,7 @@ import re
 import matplotlib
 import pytest
 
-from gp_lib import diagnosis
+from gp_lib import diagnosis, next_steps
 from gp_lib.plots import race as plots_race
 from gp_lib.scenarios import race_conditions as rc
 from gp_lib.scenarios.common import Credentials, Observation, ParameterError, ScenarioResult, Target
@@ -389,6 +389,9 @@ async def test_against_the_factory_fault_the_counts_agree_and_no_race_window_is_
                                                       "attempts_not_sent_before_ready", "closed_1011_sent_before_ready",
                                                       "attempts_sent_before_ready"))
     assert "not the handshake race" in rc.interpret(result)
+    # the scenario's own cause is absent: its headline and summary entry say whose failures these are
+    assert next_steps.attribution(result, findings) == "factory_initialization"
+    assert next_steps.headline(result, findings) == "caused by factory_initialization, not by the handshake race"
 
 
 @pytest.mark.parametrize("dialect", ["default", "handshake"])
