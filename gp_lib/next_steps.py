@@ -107,13 +107,13 @@ OWN_CAUSE = {name: name for name in ("race_conditions", "service_dependencies", 
 
 
 def attribution(result: Any, findings: Sequence[Any]) -> str | None:
-    """The root cause this scenario's failures belong to, when the scenario's own cause was not seen."""
-    if result.error or result.verdict != "fail" or not findings:
+    """The root cause this scenario's failures belong to, when the scenario's own cause was not seen
+    (None for anything but one of the four scenarios: a triage pass or a stub has no cause of its own)."""
+    own = OWN_CAUSE.get(result.scenario)
+    if own is None or getattr(result, "error", None) or result.verdict != "fail" or not findings:
         return None
     causes = [f.root_cause for f in findings]
-    if OWN_CAUSE.get(result.scenario) in causes:
-        return None
-    return causes[0]
+    return None if own in causes else causes[0]
 
 
 def headline(result: Any, findings: Sequence[Any]) -> str | None:
