@@ -46,6 +46,7 @@ ATTEMPT_COLUMNS = (
     "t_open_ms", "t_ready_ms", "t_first_send_ms", "t_close_ms",
     "close_code", "close_reason", "closed_by", "handshake_status", "subprotocol",
     "error_type", "error", "outcome", "frames_sent", "frames_received", "invalid_frames", "auth_transport",
+    "server_user",
 )
 FRAME_COLUMNS = (
     "attempt_id", "t_ms", "direction", "type", "run_id", "user_id", "thread_id", "tool_name", "payload",
@@ -79,6 +80,8 @@ class AttemptRecord:
     frames_received: int = 0
     invalid_frames: int = 0
     auth_transport: str | None = None     # where the token went: header, subprotocol, both, or none
+    server_user: str | None = None        # the user the readiness marker named (a server may mask it or
+                                          # give everyone one demo user): who the server thinks this socket is
     extra: dict[str, Any] = field(default_factory=dict)
     frames: list[dict[str, Any]] = field(default_factory=list)
 
@@ -87,6 +90,7 @@ class AttemptRecord:
         values = {name: getattr(self, name) for name in ATTEMPT_COLUMNS}
         values["close_reason"] = redact(values["close_reason"])
         values["error"] = redact(values["error"])
+        values["server_user"] = _text(values["server_user"])
         return {**values, **self.extra}
 
 

@@ -1,11 +1,15 @@
-"""Every dialect preset of the reference server, through the client, the event validation and the scenarios.
+"""Every dialect of gp_lib.dialects: its declaration, and the reference server speaking it through the
+client, the event validation, the scenarios and the diagnosis.
 
 PROTOCOL.md lists deployment variants the toolkit must accept on receive:
-four readiness forms (the three-step handshake answered), enveloped, flat and
-mixed layouts, float or ISO timestamps, `error` and `error_message` frames,
-and auth by subprotocol alone behind a proxy that strips the header. Each
-preset below is one of them; with no fault, the four scenarios must pass and
-the diagnosis must be empty in every one.
+four readiness forms (the three-step handshake answered, markers with and
+without a connection id), enveloped, flat and mixed layouts, float or ISO
+timestamps, `error` and `error_message` frames, auth by subprotocol alone
+behind a proxy that strips the header; and the real backend's own
+(`netra`, docs/protocol.md section 10). With no fault, the four scenarios
+must pass (undecidable checks inconclusive, never failed) and the diagnosis
+must be empty in every one, but for the security finding of a server that
+does not check tokens (`netra_demo`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import pytest
 from gp_lib import diagnosis, events, protocol, triage
 from gp_lib.auth import mint_token
 from gp_lib.client import TracedConnection
+from gp_lib.dialects import Dialect
 from gp_lib.refserver import DIALECT_PRESETS, running_server
 from gp_lib.trace import to_tables
 
@@ -37,7 +42,7 @@ def served(request):
 def connect(server, user: str = "alice", *, token: str | None = None, transport: str = "both") -> TracedConnection:
     return TracedConnection(server.url, attempt_id=f"{user}-{transport}", user_id=user, auth_transport=transport,
                             token=token or mint_token(server.secret, user), open_timeout_s=TIMEOUT_S,
-                            ready_timeout_s=TIMEOUT_S)
+                            ready_timeout_s=TIMEOUT_S, extra_offers=server.dialect.offers())
 
 
 async def test_readiness_is_reached_and_a_ping_answered(served):
@@ -59,7 +64,7 @@ async def test_an_agent_run_validates_with_all_five_events(served):
     _, server = served
     async with connect(server) as conn:
         await conn.wait_ready()
-        await conn.send({"type": "agent_request", "agent": "cost_optimizer", "message": "cut costs"})
+        await conn.send(server.dialect.agent_request_message("cut costs", agent="cost_optimizer"))
         answers = await conn.receive_until(lambda m: m["type"] == protocol.AGENT_COMPLETED, TIMEOUT_S)
     attempts, frames = to_tables([conn.finish()])
     runs = events.run_table(frames, attempts)
@@ -79,7 +84,7 @@ async def test_an_invalid_message_gets_a_readable_error(served):
     error = answers[-1]
     assert protocol.is_error(error) and protocol.error_code(error) == "INVALID_MESSAGE"
     assert "no type" in protocol.message_text(error)
-    assert error["type"] == ("error_message" if preset == "error_message" else "error")
+    assert error["type"] == ("error" if server.dialect.errors == "error" else "error_message")
     assert conn.finish().outcome == "ok"  # an error frame is an answer, not a failure
 
 
@@ -92,17 +97,21 @@ async def test_authentication_by_header_by_subprotocol_and_a_wrong_secret(served
         outcomes[transport] = (conn.finish().outcome, conn.record.handshake_status)
     async with connect(server, token=mint_token(secrets.token_urlsafe(32), "mallory")) as conn:
         await conn.wait_ready()
-    assert conn.finish().outcome == "auth_rejected"
+    assert conn.finish().outcome == ("auth_rejected" if server.dialect.auth_enforced else "ok")
     assert outcomes["subprotocol"] == ("ok", 101)
     assert outcomes["header"] == (("auth_rejected", 401) if preset == "stripped_header" else ("ok", 101))
 
 
 async def test_the_four_scenarios_pass_and_nothing_is_diagnosed(served, monkeypatch, tmp_path):
-    _, server = served
+    preset, server = served
     monkeypatch.setenv(SECRET_ENV, server.secret)
     params = triage.TriageParams(target_url=server.url, jwt_secret_env=SECRET_ENV, receive_timeout_s=TIMEOUT_S,
                                  out_dir=str(tmp_path))
     results = await triage.run(params)
     assert {r.scenario: r.verdict for r in results} == {name: "pass" for name in triage.MODULES}, \
-        {r.scenario: [c.to_dict() for c in r.checks if not c.passed] for r in results}
-    assert diagnosis.diagnose(results) == []
+        {r.scenario: [c.to_dict() for c in r.checks if c.failed] for r in results}
+    findings = diagnosis.diagnose(results)
+    expected = [] if server.dialect.auth_enforced else [diagnosis.AUTH_NOT_ENFORCED]
+    assert [f.root_cause for f in findings] == expected, [f.to_dict() for f in findings]
+    detected = {r.dialect["live"]["dialect"] for r in results}  # the declared one, else described from the wire
+    assert detected == {"netra" if preset.startswith("netra") else "detected"}
