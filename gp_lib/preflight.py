@@ -68,7 +68,7 @@ def run(params: CommonParams) -> Preflight:
 
 
 async def check(params: CommonParams) -> Preflight:
-    from gp_lib.scenarios.service_dependencies import probe_health
+    from gp_lib.health import probe_health
 
     started = time.monotonic()
     seen = Preflight(str(params.target_url))
