@@ -210,16 +210,17 @@ def markdown(result: Any, findings: Sequence[Any], defaults: dict[str, Any], out
 
 
 def _reference(result: Any, defaults: dict[str, Any]) -> str:
+    """A reference run tested the toolkit: how to point it at a server, and what the fault means there."""
     guide = GUIDES[result.scenario]
     live = reproduce_live(result, defaults)
     if result.verdict == "pass":
-        first = (f"**This run tested the toolkit, not your server:** the reference server reproduced "
+        first = ("**This run tested the toolkit, not your server:** the reference server reproduced "
                  f"{guide.name} with the fault injected and cleared it with the fix.")
     else:
-        first = (f"**The reference run did not show a clean fault/fix contrast** (see the verdict): the toolkit "
-                 f"itself needs a look before it can judge a server; check the reference tunables in the parameters.")
+        first = ("**The reference run did not show a clean fault/fix contrast** (see the verdict): the toolkit "
+                 "itself needs a look before it can judge a server; check the reference tunables in the parameters.")
     return _block([first,
-                   f"**To test your server:**\n\n" + _commands(live),
+                   "**To test your server:**\n\n" + _commands(live),
                    f"**If it shows {guide.name}, look at** {guide.where}"])
 
 
