@@ -276,6 +276,14 @@ def _diagnose_arms(arms: Sequence[tuple[str, pd.DataFrame, pd.DataFrame, Mapping
     return merge(found)
 
 
+def with_security(verdict: str, findings: Sequence[Mapping[str, Any]], mode: str) -> str:
+    """A live run's overall verdict: `fail` when a security finding stands, even if every check passed
+    (authentication not enforced is an issue found, whichever scenario's checks it touches)."""
+    if verdict == "pass" and mode == "live" and any(f.get("root_cause") in SECURITY for f in findings):
+        return "fail"
+    return verdict
+
+
 def findings_table(findings: Sequence[Finding]) -> pd.DataFrame:
     """The diagnosis as a table: rank, root cause, confidence, strongest evidence."""
     rows = [{"rank": n, "root cause": f.root_cause, "confidence": round(f.confidence, 2),
@@ -864,7 +872,7 @@ def _not_enforced(ev: _Evidence) -> _Judgement:
     accepted = probes[ready]
     if not len(accepted):
         return judgement
-    kinds = ", ".join(AUTH_PROBES[c] for c in accepted["condition"])
+    kinds = ", ".join(AUTH_PROBES[c] for c in dict.fromkeys(accepted["condition"]))
     names = sorted({str(u) for u in _col(accepted, "server_user").dropna()})
     judgement.add(0.95, f"authentication not enforced: {len(accepted)} of {len(probes)} connections that must be "
                   f"refused reached readiness ({kinds})"

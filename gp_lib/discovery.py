@@ -54,12 +54,12 @@ class Discovery:
         return [r.condition for r in self.records if r.condition in AUTH_PROBES and r.t_ready_ms is not None]
 
 
-async def discover(target: Any, *, dialect: Dialect | None = None, secret: str | None = None,
-                   health_routes: bool = True) -> Discovery:
+async def discover(target: Any, *, dialect: Dialect | None = None, why: str = "set by the dialect parameter",
+                   secret: str | None = None, health_routes: bool = True) -> Discovery:
     """Introduce the toolkit to `target` (a `scenarios.common.Target`) and probe its authentication.
 
-    `dialect` forces one instead of detecting it; `secret` (the one tokens are minted with, when it is
-    at hand) lets the probe mint an expired token.
+    `dialect` forces one instead of detecting it (`why` says why); `secret` (the one tokens are minted
+    with, when it is at hand) lets the probe mint an expired token.
     """
     intro, selected = await _introduce(target, dialect.offers() if dialect else ())
     answers = await health.fetch_all(target.url, target.params.open_timeout_s) if health_routes else []
@@ -68,7 +68,7 @@ async def discover(target: Any, *, dialect: Dialect | None = None, secret: str |
                                       {"path": answer.path, "status": answer.status, "answer": answer.summary,
                                        "not_ready": answer.not_ready}, kind="health"))
     if dialect is not None:
-        how = f"{dialect.name}: set by the dialect parameter"
+        how = f"{dialect.name}: {why}"
     else:
         marker = _marker(intro)
         dialect, how = detect(marker, {a.path: a.body for a in answers}, selected)
@@ -81,14 +81,21 @@ async def discover(target: Any, *, dialect: Dialect | None = None, secret: str |
     return Discovery(dialect, how, [intro, *probes])
 
 
+def selected_unoffered(record: AttemptRecord, offers: tuple[str, ...] = ()) -> str | None:
+    """The subprotocol a server selected without it being offered, which failed the handshake (a server
+    that answers a `jwt.<token>` offer with the bare scheme, `jwt-auth`), or None."""
+    match = _SELECTED.search(record.error or "") if record.outcome == "protocol_error" else None
+    return match.group(1) if match is not None and match.group(1) not in offers else None
+
+
 async def _introduce(target: Any, offers: tuple[str, ...]) -> tuple[AttemptRecord, str | None]:
     """One connection with a valid token to its readiness marker; again offering the scheme the server
     selected when it selected one that was not offered."""
     record = await _connect(target, INTRODUCTION, offers=offers)
-    match = _SELECTED.search(record.error or "") if record.outcome == "protocol_error" else None
-    if match is None or match.group(1) in offers:
+    selected = selected_unoffered(record, offers)
+    if selected is None:
         return record, None
-    return await _connect(target, INTRODUCTION, offers=(*offers, match.group(1))), match.group(1)
+    return await _connect(target, INTRODUCTION, offers=(*offers, selected)), selected
 
 
 async def _probe(target: Any, condition: str, dialect: Dialect, secret: str | None) -> AttemptRecord:

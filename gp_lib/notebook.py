@@ -139,6 +139,7 @@ def environment_markdown(result: Any) -> str:
     """Target, mode, parameters (secrets redacted) and versions."""
     rows = [{"item": "mode", "value": result.mode},
             {"item": "target", "value": result.target or "reference server (started per arm on 127.0.0.1)"},
+            *({"item": f"dialect ({arm})", "value": found["how"]} for arm, found in result.dialect.items()),
             {"item": "started", "value": result.started_at},
             {"item": "finished", "value": result.finished_at},
             {"item": "python", "value": platform.python_version()},

@@ -382,7 +382,7 @@ async def run_scenario(module: ScenarioModule, params: CommonParams, *,
             dialect = forced or Dialect()
             with running_server(faults=faults, dialect=dialect, secret=secret) as server:
                 target = Target(server.url, arm, module.NAME, params, credentials, server=server, progress=progress)
-                observations[arm] = await _observe(module, target, dialect, secret)
+                observations[arm] = await _observe(module, target, dialect, secret, "the reference server speaks it")
     arm_checks, arm_metrics = {}, {}
     for arm, observation in observations.items():
         arm_checks[arm], arm_metrics[arm] = module.evaluate(observation, params)
@@ -396,9 +396,10 @@ async def run_scenario(module: ScenarioModule, params: CommonParams, *,
                           error=unreachable_error(observations))
 
 
-async def _observe(module: ScenarioModule, target: Target, dialect: Dialect | None, secret: str | None) -> Observation:
+async def _observe(module: ScenarioModule, target: Target, dialect: Dialect | None, secret: str | None,
+                   why: str = "set by the dialect parameter") -> Observation:
     """Discovery, then the scenario's traffic in the dialect found."""
-    discovery = await discover(target, dialect=dialect, secret=secret)
+    discovery = await discover(target, dialect=dialect, why=why, secret=secret)
     target.dialect = discovery.dialect
     observation = await module.drive(target)
     observation.discovery = discovery
