@@ -132,7 +132,8 @@ def phases(out: Path, scenario: str, seconds: float) -> dict[str, float]:
     started, duration = _time(meta["start_time"]), float(meta["duration"])
     times = {name: 0.0 for name in PHASES}
     times["worker"] = seconds - duration
-    cells = [c for c in nb["cells"] if c["cell_type"] == "code" and c["metadata"].get("papermill", {}).get("start_time")]
+    cells = [c for c in nb["cells"]
+             if c["cell_type"] == "code" and c["metadata"].get("papermill", {}).get("start_time")]
     times["kernel"] = (_time(cells[0]["metadata"]["papermill"]["start_time"]) - started) if cells else duration
     for cell in cells:
         source, spent = "".join(cell["source"]), float(cell["metadata"]["papermill"]["duration"])

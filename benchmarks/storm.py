@@ -11,7 +11,7 @@ close) starts at once:
   asyncio process and for the worker pool (`gp_lib.storm`, a LocalCluster of
   `--workers` processes, default one per core), side by side; aim: within 2 ms;
 - stamp lag: the median time from the server sending the readiness marker (its
-  `server_time`) to the client stamping it, on the machine's one wall clock: the
+  `server_time`, or its envelope's `timestamp`) to the client stamping it, on the machine's one wall clock: the
   client's own share of the error, whatever pace the server keeps;
 - loop lag: the worst event-loop lag p99 of the client processes (`gp_lib.load`);
 - sessions per second of each, and of a bare `websockets` loop doing the same
@@ -63,11 +63,12 @@ async def session(target: Target, index: int, context: object) -> object:
 
 def stamp_lag_ms(conn: object) -> float | None:
     """How late this client stamped the readiness marker after the server sent it: the marker's `server_time`
-    (wall clock, just before sending) against the client's stamp on the same machine's wall clock. The client's
-    own share of the error, whatever the server's pace."""
+    or envelope `timestamp` (wall clock, as the server built it to send) against the client's stamp on the
+    same machine's wall clock. The client's own share of the error, whatever the server's pace."""
     record = conn.record
     received = [json.loads(f["payload"]) for f in record.frames if f["direction"] == "received"]
-    server_time = protocol.field(next(m for m in received if protocol.is_ready_marker(m)), "server_time")
+    marker = next(m for m in received if protocol.is_ready_marker(m))
+    server_time = protocol.field(marker, "server_time") or marker.get("timestamp")  # the envelope's, if enveloped
     if not isinstance(server_time, (int, float)):
         return None
     stamped_wall = time.time() - (time.perf_counter() - conn.started_monotonic - record.t_ready_ms / 1000)

@@ -56,7 +56,8 @@ class Job(Protocol):
 class SpreadParams:
     """Parameters of a scenario whose storms can be spread over worker processes."""
 
-    workers: int = 0                       # worker processes a large storm is spread over (0: one per core)
+    workers: int = 0                       # worker processes a large storm is spread over (0: one per core; with
+                                           # a scheduler, that cluster's workers)
     spread_from: int = 500                 # storms of at least this many connections go to the workers
     scheduler: str | None = None           # a Dask scheduler whose workers take them, e.g. "tcp://10.0.0.5:8786"
 
@@ -98,7 +99,8 @@ async def run(target: Target, job: Job, count: int, *, user: Callable[[int], str
             bar.update(count)
         return records, load
     records = await _run_here(target, job, range(count), origin=time.perf_counter(),
-                              deadline=time.monotonic() + deadline_s, together=_LocalBarrier(count, deadline_s), bar=bar)
+                              deadline=time.monotonic() + deadline_s, together=_LocalBarrier(count, deadline_s),
+                              bar=bar)
     return records, []
 
 
@@ -234,6 +236,8 @@ class Pool:
 
     async def _run(self, target: Target, job: Job, count: int, *, user: Callable[[int], str], label: str,
                    deadline_s: float) -> tuple[list[AttemptRecord], list[dict[str, Any]]]:
+        import cloudpickle
+
         addresses = self.addresses
         slices = [list(range(count))[n::len(addresses)] for n in range(len(addresses))]
         tokens: dict[str, tuple[str, str]] = {}
@@ -245,8 +249,6 @@ class Pool:
         target._counter += count  # a job makes one connection: each share numbers its attempts in its own range
         storm_id = uuid.uuid4().hex
         start_at = time.time() + LEAD_S + LEAD_PER_CONNECTION_S * count
-        import cloudpickle
-
         job_pickled = cloudpickle.dumps(job)  # by value when defined outside an importable module (a notebook)
         shares = {address: _Share(target=_portable(target, {user(i): tokens[user(i)] for i in indices}),
                                   job=job_pickled,
@@ -269,7 +271,8 @@ class Pool:
         futures = [self._client.submit(run_share, share, workers=[address], allow_other_workers=False, pure=False)
                    for address, share in shares.items()]
         arrivals = Queue(f"gp-storm-{storm_id}", client=self._client)
-        end = time.monotonic() + deadline_s + LEAD_S + LEAD_PER_CONNECTION_S * sum(len(s.indices) for s in shares.values())
+        count = sum(len(share.indices) for share in shares.values())
+        end = time.monotonic() + deadline_s + LEAD_S + LEAD_PER_CONNECTION_S * count
         released = 0
         while not all(f.done() for f in futures) and time.monotonic() < end:
             # the barrier's coordinator: generation g is released once every share arrived g + 1 times

@@ -364,12 +364,12 @@ async def run_scenario(module: ScenarioModule, params: CommonParams, *,
         ParameterError: before any traffic, when a parameter is wrong.
         auth.AuthError: before any traffic, when no token can be had.
     """
+    from gp_lib.storm import Pool
+
     params.validate()
     started = _now()
     observations: dict[str, Observation] = {}
     forced = params.chosen_dialect()
-    from gp_lib.storm import Pool
-
     pool = Pool.for_params(params)  # starts worker processes only when a storm is large enough to need them
     try:
         if params.target_url:
@@ -390,7 +390,14 @@ async def run_scenario(module: ScenarioModule, params: CommonParams, *,
                     return await _observe(module, target, dialect, secret, "the reference server speaks it")
 
             # Each arm has its own server process, so the two run at once: half the wall time, same traffic.
-            faulty, fixed = await asyncio.gather(drive_arm("faulty"), drive_arm("fixed"))
+            arms = [asyncio.create_task(drive_arm(arm)) for arm in ("faulty", "fixed")]
+            try:
+                faulty, fixed = await asyncio.gather(*arms)
+            except BaseException:  # one arm failed or we were cancelled: stop the other too, raise as it was
+                for task in arms:
+                    task.cancel()
+                await asyncio.gather(*arms, return_exceptions=True)
+                raise
             observations.update(faulty=faulty, fixed=fixed)
     finally:
         if pool is not None:
