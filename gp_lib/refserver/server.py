@@ -29,6 +29,7 @@ import asyncio
 import http
 import json
 import logging
+import time
 import uuid
 import weakref
 from collections import Counter
@@ -84,6 +85,7 @@ class _Connection:
     inbox: asyncio.Queue = field(default_factory=asyncio.Queue)
     ack: asyncio.Future | None = None
     close_code: int | None = None
+    upgraded: float = field(default_factory=time.monotonic)   # when the upgrade completed: setup counts from it
 
 
 class ReferenceServer:
@@ -340,8 +342,9 @@ class ReferenceServer:
         faults = self.faults
         others = self._in_setup
         self._in_setup += 1
-        try:
-            await asyncio.sleep((faults.setup_ms + faults.setup_ms_per_concurrent * others) / 1000)
+        try:  # until setup's end counted from the upgrade: a loop busy with other handshakes does not lengthen it
+            delay_s = (faults.setup_ms + faults.setup_ms_per_concurrent * others) / 1000
+            await asyncio.sleep(max(0.0, conn.upgraded + delay_s - time.monotonic()))
         finally:
             self._in_setup -= 1
         try:

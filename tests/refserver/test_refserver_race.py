@@ -96,3 +96,24 @@ async def test_handshake_not_acknowledged_closes_1008():
             await session.until("handshake_response")
             code, reason = await session.closed()
     assert (code, reason) == (1008, "handshake not acknowledged")
+
+
+async def test_setup_is_counted_from_the_upgrade_so_a_busy_server_loop_does_not_lengthen_it():
+    """Other work holds the server's loop between the upgrade and the start of this connection's setup (as a
+    burst of handshakes does); readiness still comes D after the upgrade, not D after the loop was free."""
+    from gp_lib.refserver import Faults, ReferenceServer
+
+    setup_s, blocked_s = scaled(0.2), scaled(0.15)
+
+    class BusyServer(ReferenceServer):
+        async def _setup(self, conn):
+            time.sleep(blocked_s)  # the loop is busy elsewhere: nothing of the server runs
+            return await super()._setup(conn)
+
+    secret = "in-process-secret-" + "r" * 16
+    async with BusyServer(secret, faults=Faults(setup_ms=setup_s * 1000, setup_ms_per_concurrent=0)) as server:
+        connecting = time.perf_counter()  # a moment before the upgrade (loopback: a few ms)
+        async with Wire(server.url, secret).session("busy", ready=False) as session:
+            await session.ready(timeout=2.0)
+            elapsed = time.perf_counter() - connecting
+    assert setup_s <= elapsed < setup_s + blocked_s * 0.5  # not setup + blocked
