@@ -21,6 +21,9 @@ close) starts at once:
   more with `--servers N`; connections are spread over them round-robin).
 
 Rounds alternate the three clients, and the medians over rounds are printed.
+With a short D the readiness markers fall due while the server still accepts
+the burst of handshakes, so the error shows the server's pace; `--setup-ms 2000`
+puts them after the burst, so the error is the client's.
 All traffic goes to 127.0.0.1, bounded by the levels and the deadlines.
 """
 
