@@ -239,6 +239,19 @@ class _NoProgress:
         pass
 
 
+async def together(*work: Awaitable[Any]) -> list[Any]:
+    """Run `work` at once; their results in order. When one raises (or this is cancelled), the others are
+    cancelled and awaited, and the exception propagates as it was (not wrapped in an ExceptionGroup)."""
+    tasks = [asyncio.ensure_future(w) for w in work]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
 async def bounded_gather(jobs: Iterable[Callable[[], Awaitable[Any]]], limit: int, bar: Any = None) -> list[Any]:
     """Run job factories with at most `limit` in flight; results in order.
 
@@ -390,14 +403,7 @@ async def run_scenario(module: ScenarioModule, params: CommonParams, *,
                     return await _observe(module, target, dialect, secret, "the reference server speaks it")
 
             # Each arm has its own server process, so the two run at once: half the wall time, same traffic.
-            arms = [asyncio.create_task(drive_arm(arm)) for arm in ("faulty", "fixed")]
-            try:
-                faulty, fixed = await asyncio.gather(*arms)
-            except BaseException:  # one arm failed or we were cancelled: stop the other too, raise as it was
-                for task in arms:
-                    task.cancel()
-                await asyncio.gather(*arms, return_exceptions=True)
-                raise
+            faulty, fixed = await together(drive_arm("faulty"), drive_arm("fixed"))
             observations.update(faulty=faulty, fixed=fixed)
     finally:
         if pool is not None:

@@ -59,7 +59,8 @@ from gp_lib.health import probe_health
 from gp_lib.protocol import AGENT_COMPLETED, AGENT_STARTED, SERVICES
 from gp_lib.redact import redact
 from gp_lib.scenarios.common import (CommonParams, Observation, ParameterError, ScenarioResult, Target,
-                                     bounded_gather, list_field, reference_server, run_scenario)
+                                     bounded_gather, list_field, reference_server, run_scenario,
+                                     together)
 from gp_lib.trace import AttemptRecord, connection_metrics, percentile
 
 NAME = "service_dependencies"
@@ -183,8 +184,8 @@ async def drive(target: Target) -> Observation:
     sizes = [len(requests) * params.requests_per_condition for _, requests in phases]
     bar = target.bar(sum(sizes), "requests")
     try:  # each phase waits out its own silences, so they overlap: one deadline, not one per outage
-        done = await asyncio.gather(*(_phase(target, service, requests, sum(sizes[:n]), bar)
-                                      for n, (service, requests) in enumerate(phases)))
+        done = await together(*(_phase(target, service, requests, sum(sizes[:n]), bar)
+                                for n, (service, requests) in enumerate(phases)))
     finally:
         bar.close()
     records = [record for phase_records, _ in done for record in phase_records]

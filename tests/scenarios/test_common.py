@@ -112,3 +112,35 @@ async def test_bounded_gather_caps_concurrency_keeps_order_and_cancels_on_failur
     with pytest.raises(ExceptionGroup):      # the others wait on an event never set: only cancelling ends them
         await bounded_gather([job(0, never), job(1, fail=True), job(2, never)], 3)
     assert sorted(cancelled) == [0, 2]
+
+
+async def test_together_runs_at_once_and_one_failure_cancels_the_rest_unwrapped():
+    import asyncio
+    import time as clock
+
+    from gp_lib.scenarios.common import together
+
+    cancelled = []
+
+    async def slow(n: int) -> int:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            cancelled.append(n)
+            raise
+        return n
+
+    async def fails() -> None:
+        await asyncio.sleep(0.01)
+        raise ValueError("an arm could not be made")
+
+    async def value(n: int) -> int:
+        await asyncio.sleep(0.2)
+        return n
+
+    started = clock.perf_counter()
+    assert await together(value(1), value(2), value(3)) == [1, 2, 3]
+    assert clock.perf_counter() - started < 0.45  # at once (0.2 s), not one after another (0.6 s)
+    with pytest.raises(ValueError, match="could not be made"):
+        await together(slow(1), fails(), slow(2))
+    assert sorted(cancelled) == [1, 2]
