@@ -17,13 +17,17 @@ from timestamps the run itself recorded:
   papermill's setup and writing the executed notebook);
 - kernel: papermill's notebook start to its first cell (kernel start);
 - imports: the cell that imports `gp_lib`;
-- servers: the rest of the traffic cell: reference servers starting and stopping, judging;
+- servers: the rest of the traffic cell: reference servers starting and stopping, discovery, judging;
 - traffic: the union of the arms' traffic windows, from the traces (first attempt
   started to last attempt closed);
 - plots: cells tagged `section-plots`;
 - cells: every other cell;
 - render: the Markdown report rendered from the executed notebook (timed again here,
-  with nbconvert, as the batch does it after the notebook).
+  with nbconvert, as the batch does it after the notebook);
+
+with when each notebook ran (seconds since its batch began) and the CPU the batch used
+meanwhile, and the batch's time and CPU outside every notebook (its own process alone,
+before the first notebook and after the last).
 """
 
 from __future__ import annotations
