@@ -28,7 +28,8 @@ def arms_of(result: Any) -> list[str]:
 
 def arm_axes(arms: Sequence[str], title: str, *, width: float = 6.0, height: float = 4.0,
              sharey: bool = True) -> tuple[Any, dict[str, Any]]:
-    """A figure with one axes per arm, side by side, titled by arm."""
+    """A figure with one axes per arm, side by side, titled by arm; the caller lays it out (`tight_layout`)
+    once it has drawn, since a layout of the empty axes is thrown away."""
     fig, axes = plt.subplots(1, len(arms), figsize=(width * len(arms), height), sharey=sharey, squeeze=False)
     by_arm = {}
     for ax, arm in zip(axes[0], arms):
@@ -36,7 +37,6 @@ def arm_axes(arms: Sequence[str], title: str, *, width: float = 6.0, height: flo
         ax.grid(alpha=0.3)
         by_arm[arm] = ax
     fig.suptitle(title)
-    fig.tight_layout()
     return fig, by_arm
 
 
