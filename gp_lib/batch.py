@@ -365,7 +365,8 @@ def execute(job: Mapping[str, Any]) -> dict[str, Any]:
 
     import papermill as pm
 
-    print(f"gp: {job['scenario']}: started {job['input']}", file=sys.stderr, flush=True)
+    sys.stderr.write(f"gp: {job['scenario']}: started {job['input']}\n")  # one write: workers start at once
+    sys.stderr.flush()
     started = time.monotonic()
     os.chdir(job["cwd"])
     log = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

@@ -453,7 +453,7 @@ def test_missing_events_fail_with_exit_1_and_say_which_checks_and_why(missing_ev
     assert done.returncode == 1, done.stderr
     summary = summary_of(out)
     assert summary["verdict"] == "fail" and summary["scenarios"]["missing_events"]["verdict"] == "fail"
-    failed = [c for c in summary["scenarios"]["missing_events"]["checks"] if not c["passed"]]
+    failed = [c for c in summary["scenarios"]["missing_events"]["checks"] if c["status"] == "fail"]
     assert failed and all(c["evidence"] for c in failed)
     assert summary["diagnosis"][0]["root_cause"] == "missing_events"
     report = (out / batch.REGISTRY["missing_events"].report).read_text()
