@@ -27,7 +27,7 @@ def test_reference_mode_reproduces_the_race_and_verifies_the_fix(run_notebook):
     checks = {(c["name"], c.get("arm")): c for c in scraps["checks"]}
     assert checks[("issue_reproduced", "faulty")]["passed"]
     assert "no_1011_closes" in checks[("issue_reproduced", "faulty")]["evidence"]
-    assert all(c["passed"] for (name, arm), c in checks.items() if arm == "fixed")
+    assert all(c["passed"] for (name, arm), c in checks.items() if arm == "fixed" and name != "client_not_saturated")
     metrics = scraps["metrics"]
     assert metrics["faulty.closed_1011"] > 0 and metrics["fixed.closed_1011"] == 0
     assert metrics["faulty.race_window_ms"] == 0 and metrics["fixed.race_window_ms"] is None
@@ -45,7 +45,7 @@ def test_live_mode_against_the_race_fault_fails_with_the_checks_it_breaks(run_no
         scraps = run_notebook(NOTEBOOK, {**SMALL, "target_url": server.url, "jwt_secret_env": SECRET_ENV},
                               timeout_s=TIMEOUT_S)
     assert scraps["verdict"] == "fail" and scraps["mode"] == "live" and scraps["target"] == server.url
-    failed = {c["name"]: c["evidence"] for c in scraps["checks"] if not c["passed"]}
+    failed = {c["name"]: c["evidence"] for c in scraps["checks"] if c["status"] == "fail"}
     assert set(failed) == {"no_1011_closes", "success_rate", "early_messages_answered", "rapid_cycles_complete"}
     assert " attempts closed 1011: " in failed["no_1011_closes"] and "0 of 3 messages" in failed["early_messages_answered"]
     assert scraps["diagnosis"][0]["root_cause"] == rc.NAME

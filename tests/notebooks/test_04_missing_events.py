@@ -52,7 +52,7 @@ def test_live_mode_against_misrouted_events_fails_completeness_and_the_leak_chec
         scraps = run_notebook(NOTEBOOK, {**SMALL, "target_url": server.url, "jwt_secret_env": SECRET_ENV},
                               timeout_s=TIMEOUT_S)
     assert scraps["verdict"] == "fail" and scraps["mode"] == "live" and scraps["target"] == server.url
-    failed = {c["name"]: c["evidence"] for c in scraps["checks"] if not c["passed"]}
+    failed = {c["name"]: c["evidence"] for c in scraps["checks"] if c["status"] == "fail"}
     assert set(failed) == {"all_five_events", "no_cross_user_events"}
     assert "7 of 7 runs lacked agent_thinking, tool_executing, tool_completed, agent_completed" in \
         failed["all_five_events"]

@@ -294,7 +294,7 @@ async def test_live_mode_fails_exactly_the_checks_each_fault_breaks(mode, broken
         result = await _live(server, monkeypatch)
     assert result.mode == "live" and result.verdict == "fail"
     assert _failed(result.checks) == broken
-    assert any(evidence in c.evidence for c in result.checks if not c.passed), result.checks
+    assert any(evidence in c.evidence for c in result.checks if c.failed), result.checks
     if mode == "misroute":
         leak = next(c for c in result.checks if c.name == "no_cross_user_events")
         # each concurrent user's 2 runs lose 5 events each to the other connected user
