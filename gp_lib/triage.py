@@ -246,9 +246,12 @@ def as_one_result(params: TriageParams, results: Sequence[ScenarioResult]) -> Si
             arm_checks.setdefault(arm, []).extend(renamed(result.scenario, checks))
     checks = [c for r in results for c in renamed(r.scenario, r.checks)]
     metrics = {f"{r.scenario}.{name}": value for r in results for name, value in r.metrics.items()}
-    summary = {"verdict": verdict(results), "checks": [c.to_dict() for c in checks], "metrics": metrics}
+    dialect = {f"{r.scenario} {arm}": found for r in results for arm, found in r.dialect.items()}
+    summary = {"verdict": verdict(results), "checks": [c.to_dict() for c in checks], "metrics": metrics,
+               "dialect": dialect}
     return SimpleNamespace(scenario="triage", verdict=summary["verdict"], mode=params.mode, target=params.target_url,
                            params=params.public(), checks=checks, arm_checks=arm_checks, metrics=metrics,
+                           dialect=dialect,
                            started_at=results[0].started_at if results else "",
                            finished_at=results[-1].finished_at if results else "", summary=lambda: summary)
 
