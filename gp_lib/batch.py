@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from gp_lib import diagnosis, report
 from gp_lib.checks import overall_verdict
+from gp_lib.escape import Trusted
 from gp_lib.params import Layered, resolve
 from gp_lib.redact import redact, register_secret
 from gp_lib.scenarios.common import ParameterError
@@ -384,7 +385,7 @@ def write_scenario_report(plan: Plan, outcome: Outcome) -> Path:
     facts = [("scenario", outcome.entry.scenario), ("mode", params.mode),
              ("target", params.target_url or "reference server, started per arm on 127.0.0.1"),
              ("run", plan.run_id), ("notebook", f"notebooks/{outcome.entry.notebook}"),
-             ("executed notebook", f"[notebooks/{outcome.entry.notebook}](notebooks/{outcome.entry.notebook})"),
+             ("executed notebook", Trusted(f"[notebooks/{outcome.entry.notebook}](notebooks/{outcome.entry.notebook})")),
              ("duration", f"{outcome.seconds:.1f} s")]
     context = report.ReportContext(scenario=outcome.entry.scenario, title=outcome.entry.title, verdict=outcome.verdict,
                             error=outcome.why, facts=facts, command=plan.commands[outcome.entry.scenario],

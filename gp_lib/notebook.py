@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from gp_lib import escape
 from gp_lib.checks import Check, checks_table
 
 #: Report sections, in the order DESIGN.md gives; a cell joins one with the tag `section-<name>`.
@@ -41,13 +42,14 @@ BADGES = {"pass": "PASS", "fail": "FAIL", "error": "ERROR"}
 # -- text building (pure, tested) ---------------------------------------------------------
 
 def markdown_table(table: pd.DataFrame | Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """A GitHub-flavoured Markdown table; pipes and newlines in cells are escaped."""
+    """A GitHub-flavoured Markdown table; every cell is shown literally (`escape.markdown`: no markup, no
+    line break, cut at `escape.DEFAULT_LIMIT` characters), except `escape.Trusted` text."""
     frame = table if isinstance(table, pd.DataFrame) else pd.DataFrame(list(table))
     if columns is not None:
         frame = frame[list(columns)]
     if frame.empty:
         return "_(none)_"
-    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    header = "| " + " | ".join(escape.markdown(c) for c in frame.columns) + " |"
     rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
     rows = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join([header, rule, *rows])
@@ -58,14 +60,14 @@ def _cell(value: Any) -> str:
         return ""
     if isinstance(value, float):  # four significant digits, but 30000 ms stays 30000, not 3e+04
         return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    return escape.markdown(value)
 
 
 def verdict_markdown(result: Any, headline: Sequence[str] = ()) -> str:
     """The verdict line and the headline figures."""
     badge = BADGES[result.verdict]
     if result.error:
-        lines = [f"**Verdict: {badge}**: the run could not be made: {result.error}"]
+        lines = [f"**Verdict: {badge}**: the run could not be made: {escape.markdown(result.error)}"]
     elif result.mode == "reference":
         reproduced = next((c for c in result.checks if c.name == "issue_reproduced"), None)
         fixed_failures = [c for c in result.checks if c.arm == "fixed" and not c.passed]
@@ -73,11 +75,13 @@ def verdict_markdown(result: Any, headline: Sequence[str] = ()) -> str:
                  "",
                  f"- Issue reproduced in the faulty arm: **{'yes' if reproduced and reproduced.passed else 'no'}**",
                  f"- Remediation verified in the fixed arm: **{'yes' if not fixed_failures else 'no'}**"
-                 + ("" if not fixed_failures else " (" + ", ".join(c.name for c in fixed_failures) + " failed)")]
+                 + ("" if not fixed_failures else " (" + ", ".join(escape.markdown(c.name) for c in fixed_failures)
+                    + " failed)")]
     else:
         failed = [c for c in result.checks if not c.passed]
-        lines = [f"**Verdict: {badge}** against `{result.target}`: "
-                 + (f"{len(failed)} of {len(result.checks)} checks failed ({', '.join(c.name for c in failed)})"
+        lines = [f"**Verdict: {badge}** against {escape.markdown(result.target)}: "
+                 + (f"{len(failed)} of {len(result.checks)} checks failed "
+                    f"({', '.join(escape.markdown(c.name) for c in failed)})"
                     if failed else f"all {len(result.checks)} checks passed")]
     figures = [(name, result.metrics[name]) for name in _headline_keys(result, headline) if name in result.metrics]
     if figures:
@@ -166,8 +170,8 @@ def diagnosis_markdown(findings: Sequence[Any]) -> str:
         return "**Diagnosis:** nothing wrong was seen: none of the root causes has evidence in this run."
     lines = ["**Diagnosis** (strongest first)", ""]
     for rank, finding in enumerate(findings, 1):
-        lines.append(f"{rank}. **{finding.root_cause}** (confidence {finding.confidence:.2f})")
-        lines += [f"   - {sentence}" for sentence in finding.evidence]
+        lines.append(f"{rank}. **{escape.markdown(finding.root_cause)}** (confidence {finding.confidence:.2f})")
+        lines += [f"   - {escape.markdown(sentence)}" for sentence in finding.evidence]
     return "\n".join(lines)
 
 
