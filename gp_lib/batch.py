@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         plan = make_plan(args)
     except ParameterError as exc:
-        print(f"gp report: error: {exc}", file=sys.stderr)
+        print(f"gp report: error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever it quotes
         return 2
     try:
         summary = run_plan(plan)

@@ -8,7 +8,7 @@ traces imported from JSONL or browser HAR files, and hand-built tables alike.
 
 Root causes and the rules that find them (PROTOCOL.md sections 8 and 9):
 
-- `unreachable`: refused, DNS, TLS, open timeouts and non-auth HTTP statuses
+- `unreachable`: refused, DNS, TLS, open timeouts, redirects and non-auth HTTP statuses
   instead of the upgrade, in at least half of the attempts.
 - `authentication`: HTTP 401/403 instead of the upgrade, or close 1008 with
   an auth error or reason (a 1008 that names a limit is not auth). Which
@@ -417,7 +417,8 @@ def _unreachable(ev: _Evidence) -> _Judgement:
     share = _share(len(failed), len(a))
     if not len(failed) or share < 0.5:
         return judgement
-    kinds = Counter(f"HTTP {int(s)} instead of the upgrade" if pd.notna(s) else str(o)
+    kinds = Counter(f"HTTP {int(s)} redirect, not followed (it would carry the credentials)" if o == "redirected"
+                    else f"HTTP {int(s)} instead of the upgrade" if pd.notna(s) else str(o)
                     for o, s in zip(failed["outcome"], failed["handshake_status"]))
     judgement.confidence = 1.0 if len(failed) == len(a) else 0.9 * share
     judgement.evidence.append(f"{len(failed)} of {len(a)} attempts never reached the WebSocket endpoint: "
