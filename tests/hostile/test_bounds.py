@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from hostile_servers import HostileServer, nested_json, big_string, huge_frame
 
 from gp_lib import trace
@@ -79,3 +81,17 @@ def test_analyze_on_a_jsonl_line_of_twenty_megabytes_exits_2_naming_the_line(tmp
     path.write_text(json.dumps({"record": "frame", "payload": "x" * 20 * MEGA}) + "\n")
     result = run_gp("analyze", str(path), "--out", str(tmp_path / "out"))
     assert result.code == 2 and "Traceback" not in result.err and f"{path}:1" in result.err
+
+
+def test_imports_over_their_size_limit_are_refused_naming_the_file(tmp_path, monkeypatch):
+    from gp_lib import har, history
+
+    monkeypatch.setattr(har, "MAX_HAR_BYTES", 1000)
+    monkeypatch.setattr(history, "MAX_SUMMARY_BYTES", 1000)
+    path = tmp_path / "big.har"
+    path.write_text(json.dumps({"log": {"entries": ["x" * 2000]}}))
+    with pytest.raises(ValueError, match="over the 1000-byte limit"):
+        har.load_har(path)
+    (tmp_path / "summary.json").write_text(json.dumps({"scenarios": {}, "pad": "x" * 2000}))
+    with pytest.raises(history.RunError, match="over the 1000-byte limit"):
+        history.load_run(tmp_path)
