@@ -8,8 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from hostile_servers import HostileServer, nested_json, big_string, huge_frame
+from hostile_servers import HostileServer, big_string, huge_frame, nested_json
 
 from gp_lib import trace
 from gp_lib.client import TracedConnection
