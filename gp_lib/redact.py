@@ -94,11 +94,11 @@ def redact(text: str | None) -> str | None:
     """Text with every registered secret, every token-shaped string and every URL credential removed."""
     if not text:
         return text
+    lowered = text.lower()
+    if "eyj" in lowered or "jwt" in lowered or "bearer" in lowered:  # first: a secret's redaction could break a token's shape
+        text = _TOKENS.sub(_token_replacement, text)
     if _secrets_pattern is not None and any(form in text for form in _secrets):
         text = _secrets_pattern.sub(REDACTED, text)
-    lowered = text.lower()
-    if "eyj" in lowered or "jwt" in lowered or "bearer" in lowered:
-        text = _TOKENS.sub(_token_replacement, text)
     if "://" in text:
         text = _USERINFO.sub(lambda m: m.group("head") + REDACTED + "@", text)
     if "=" in text:

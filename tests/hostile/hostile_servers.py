@@ -60,6 +60,7 @@ class Conn:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     server: "HostileServer"
+    upgraded: bool = False
 
     async def respond(self, status: int, headers: dict[str, str] | None = None, body: bytes = b"") -> None:
         head = [f"HTTP/1.1 {status} X"] + [f"{k}: {v}" for k, v in (headers or {}).items()]
@@ -71,6 +72,7 @@ class Conn:
         """Answer 101 as RFC 6455 asks (no subprotocol chosen)."""
         key = self.request.headers.get("sec-websocket-key", "")
         accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+        self.upgraded = True
         self.writer.write(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                            f"Sec-WebSocket-Accept: {accept}\r\n\r\n").encode())
         await self.writer.drain()
@@ -92,11 +94,14 @@ class Conn:
             await asyncio.wait_for(self.reader.read(READ_LIMIT), 2.0 * TIME_SCALE)
 
     async def hold(self) -> None:
-        """Keep the connection open, reading and ignoring, until the client leaves or HOLD_S passes."""
+        """Keep the connection open, ignoring what arrives, until the client closes (a close frame is answered,
+        as any server does), leaves, or HOLD_S passes."""
         with contextlib.suppress(Exception):
             async with asyncio.timeout(HOLD_S):
-                while await self.reader.read(READ_LIMIT):
-                    pass
+                while data := await self.reader.read(READ_LIMIT):
+                    if data[0] == 0x88 and self.upgraded:  # the client's close frame (FIN + opcode 8)
+                        await self.send_frame(0x8, (1000).to_bytes(2, "big"))
+                        return
 
 
 def frame(opcode: int, payload: bytes) -> bytes:
