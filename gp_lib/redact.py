@@ -44,8 +44,9 @@ SENSITIVE_PARAMETERS = ("api_key", "apikey", "api-key", "key", "token", "access_
                         "bypass_key", "session")
 _QUERY = re.compile(r"(?P<head>[?&;](?:%s)=)[^&#\s\"'<>\\]+" % "|".join(re.escape(n) for n in SENSITIVE_PARAMETERS),
                     re.IGNORECASE)
-#: What the decoded view undoes: escaped backslashes (kept as units), percent, \u and \x escapes, whitespace.
-_ENCODED = re.compile(r"\\\\|%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}|\\x[0-9A-Fa-f]{2}|\\[nrt]|\s+")
+#: What the decoded view undoes: percent, \u and \x escapes (also after an escaped backslash, as in JSON
+#: inside JSON), escaped and plain whitespace.
+_ENCODED = re.compile(r"%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}|\\x[0-9A-Fa-f]{2}|\\[nrt]|\s+")
 #: Base64 of a token is over 100 characters, of a registered secret at least 8 (those are matched as text too).
 _BASE64_MIN = 40
 _BASE64_RUN = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{%d,}" % _BASE64_MIN)  # from a run's start only
@@ -95,15 +96,16 @@ def redact(text: str | None) -> str | None:
     if not text:
         return text
     lowered = text.lower()
-    if "eyj" in lowered or "jwt" in lowered or "bearer" in lowered:  # first: a secret's redaction could break a token's shape
+    if "eyj" in lowered or "jwt" in lowered or "bearer" in lowered:
         text = _TOKENS.sub(_token_replacement, text)
+    text = _redact_encoded(text)  # before the plain secrets: redacting one could break a token's shape
     if _secrets_pattern is not None and any(form in text for form in _secrets):
         text = _secrets_pattern.sub(REDACTED, text)
     if "://" in text:
         text = _USERINFO.sub(lambda m: m.group("head") + REDACTED + "@", text)
     if "=" in text:
         text = _QUERY.sub(lambda m: m.group("head") + REDACTED, text)
-    return _redact_encoded(text)
+    return text
 
 
 # -- encoded forms -------------------------------------------------------------------------------
@@ -111,19 +113,24 @@ def redact(text: str | None) -> str | None:
 def _redact_encoded(text: str) -> str:
     """Redact what only a decoding shows: base64 runs hiding a token or secret, and escaped or
     whitespace-split secrets and tokens (found in the decoded view, redacted where they are written)."""
+    spans = []
     if len(text) >= _BASE64_MIN:
-        text = _BASE64_RUN.sub(lambda m: REDACTED if _hides_a_secret(m.group(0)) else m.group(0), text)
+        spans += [m.span() for m in _BASE64_RUN.finditer(text) if _hides_a_secret(m.group(0))]
     escaped = "%" in text or "\\" in text
     view = _ENCODED.sub(_decoded, text) if escaped else "".join(text.split())
-    if view == text or not (_FULL_JWT.search(view) or (_secrets_pattern is not None
-                                                       and any(form in view for form in _secrets))):
+    if view != text and (_FULL_JWT.search(view) or (_secrets_pattern is not None
+                                                    and any(form in view for form in _secrets))):
+        mapped = _View(text)
+        found = [m.span() for m in _FULL_JWT.finditer(mapped.text)]
+        if _secrets_pattern is not None:
+            found += [m.span() for m in _secrets_pattern.finditer(mapped.text)]
+        spans += [mapped.span(*span) for span in found]
+    if not spans:
         return text
-    mapped = _View(text)
-    spans = [m.span() for m in _FULL_JWT.finditer(mapped.text)]
-    if _secrets_pattern is not None:
-        spans += [m.span() for m in _secrets_pattern.finditer(mapped.text)]
     pieces, position = [], 0
-    for start, end in sorted(mapped.span(*span) for span in spans):
+    for start, end in sorted(spans):
+        while start > position and text[start - 1] == "\\":  # the backslashes before an escape go too:
+            start -= 1                                        # JSON text stays JSON
         if end > position:
             pieces += [text[position:max(start, position)], REDACTED]
             position = end
@@ -148,8 +155,6 @@ def _decoded(match: re.Match[str]) -> str:
     token = match.group(0)
     if token.isspace() or token in ("\\n", "\\r", "\\t"):
         return ""
-    if token == "\\\\":
-        return "\\"
     return chr(int(token[2:] if token[0] == "\\" else token[1:], 16))
 
 
