@@ -235,7 +235,7 @@ def summary_of(analysis: Analysis, run_id: str) -> dict[str, Any]:
 def report_notebook(analysis: Analysis, figure: str) -> nbformat.NotebookNode:
     """The report's sections as section-tagged Markdown cells, for `report.render`."""
     trace = analysis.trace
-    failed = [c.name for c in analysis.checks if not c.passed]
+    failed = [c.name for c in analysis.checks if c.failed]
     headline = [{"figure": k, "value": analysis.metrics.get(k)} for k in
                 ("attempts", "closed_1011", "close_code_unknown", "runs", "complete_runs", "cross_user_events")]
     verdict_text = (f"**Verdict: {report.BADGES[analysis.verdict]}** for `{trace.path.name}`: "
@@ -310,4 +310,4 @@ def run(args: argparse.Namespace) -> int:
     for problem in trace.problems:
         print(f"gp analyze: warning: {problem}", file=sys.stderr)
     print(f"gp analyze: {analysis.verdict}: {path}")
-    return 1 if analysis.findings or any(not c.passed for c in analysis.checks) else 0
+    return 1 if analysis.findings or any(c.failed for c in analysis.checks) else 0

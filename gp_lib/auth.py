@@ -209,7 +209,7 @@ def token_from_offer(offer: str) -> str | None:
     for prefix in SUBPROTOCOL_PREFIXES:
         if offer.lower().startswith(prefix):
             body = offer[len(prefix):]
-            if prefix == "jwt.":
+            if prefix == "jwt." and body.count(".") != 2:  # base64url of the token, or the raw token
                 try:
                     return base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
                 except (binascii.Error, UnicodeDecodeError):
@@ -218,9 +218,12 @@ def token_from_offer(offer: str) -> str | None:
     return None
 
 
-def connect_kwargs(token: str | None, transport: str = "both",
-                   extra_headers: dict[str, str] | None = None) -> dict[str, Any]:
+def connect_kwargs(token: str | None, transport: str = "both", extra_headers: dict[str, str] | None = None,
+                   extra_offers: tuple[str, ...] = ()) -> dict[str, Any]:
     """`additional_headers` and `subprotocols` for a websockets connect call.
+
+    `extra_offers` are bare subprotocols offered after the token's, for servers that select
+    a scheme (`jwt-auth`) instead of echoing the offer (`Dialect.offers`).
 
     Raises:
         ValueError: `transport` is not one of AUTH_TRANSPORTS.
@@ -234,6 +237,7 @@ def connect_kwargs(token: str | None, transport: str = "both",
             headers["Authorization"] = f"Bearer {token}"
         if transport in ("both", "subprotocol"):
             subprotocols.append(subprotocol_offer(token))
+            subprotocols.extend(extra_offers)
     return {"additional_headers": headers, "subprotocols": subprotocols or None}
 
 

@@ -292,16 +292,17 @@ def run_plan(plan: Plan) -> dict[str, Any]:
                 write_scenario_report(plan, outcomes[entry.scenario])
     ordered = [outcomes[e.scenario] for e in plan.entries]
     first = next(iter(plan.parameters.values())).params
+    findings = diagnosis.combine({o.entry.scenario: o.scraps for o in ordered}, base_dir=plan.notebooks_dir)
     summary = {
         "run_id": plan.run_id,
         "mode": first.mode,
         "target": first.target_url,
         "started_at": started_at,
         "finished_at": _now(),
-        "verdict": overall_verdict(o.verdict for o in ordered),
+        "verdict": diagnosis.with_security(overall_verdict(o.verdict for o in ordered), findings, first.mode),
         "interrupted": interrupted,
         "scenarios": {o.entry.scenario: scenario_summary(o) for o in ordered},
-        "diagnosis": diagnosis.combine({o.entry.scenario: o.scraps for o in ordered}, base_dir=plan.notebooks_dir),
+        "diagnosis": findings,
     }
     (plan.out / "summary.json").write_text(report.summary_json(summary))
     (plan.out / "junit.xml").write_text(report.junit_xml(summary, {o.entry.scenario: o.seconds for o in ordered}))
@@ -426,7 +427,8 @@ def scenario_summary(outcome: Outcome) -> dict[str, Any]:
     """The scenario's entry in summary.json."""
     entry = {"verdict": outcome.verdict, "report": outcome.entry.report,
              "checks": outcome.scraps.get("summary", {}).get("checks", []) if not outcome.error else [],
-             "metrics": outcome.scraps.get("summary", {}).get("metrics", {}) if not outcome.error else {}}
+             "metrics": outcome.scraps.get("summary", {}).get("metrics", {}) if not outcome.error else {},
+             "dialect": outcome.scraps.get("summary", {}).get("dialect", {}) if not outcome.error else {}}
     if outcome.why:
         entry["error"] = outcome.why
     return entry

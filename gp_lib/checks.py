@@ -1,6 +1,11 @@
 """Checks and verdicts.
 
-A check is one named pass/fail judgement with its evidence in numbers. In live
+A check is one named judgement with its evidence in numbers: `pass`, `fail`,
+or `inconclusive` when the target does not offer what it needs (no connection
+id in its readiness marker, no health-check message, no test flags). An
+inconclusive check counts neither way in the verdict and is listed in the
+report with its reason: a server that does not send an optional field is not
+wrong for it. In live
 mode a scenario's checks are judged on the one arm there is. In reference mode
 the same checks run on both arms; the verdict rests on the fixed arm passing
 every check (remediation verified) and on the faulty arm failing at least one
@@ -9,31 +14,66 @@ every check (remediation verified) and on the faulty arm failing at least one
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Iterable
+from dataclasses import dataclass, replace
+from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-PASS, FAIL, ERROR = "pass", "fail", "error"
+PASS, FAIL, ERROR, INCONCLUSIVE = "pass", "fail", "error", "inconclusive"
 ISSUE_REPRODUCED = "issue_reproduced"
 
 
 @dataclass(frozen=True)
 class Check:
-    """One judgement: `name` passed or not, and the evidence that says so."""
+    """One judgement: `name` passed or not, and the evidence that says so.
+
+    `inconclusive` means it could not be decided on this target; `evidence`
+    then says why, and `passed` is meaningless (read `status` or `failed`).
+    """
 
     name: str
     passed: bool
     evidence: str
     arm: str | None = None
+    inconclusive: bool = False
+
+    @property
+    def status(self) -> str:
+        return INCONCLUSIVE if self.inconclusive else PASS if self.passed else FAIL
+
+    @property
+    def failed(self) -> bool:
+        return self.status == FAIL
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """The summary.json form: `passed` is null for an inconclusive check, `status` says which."""
+        data = {"name": self.name, "passed": None if self.inconclusive else self.passed, "evidence": self.evidence,
+                "status": self.status}
+        return {**data, "arm": self.arm} if self.arm is not None else data
+
+
+def inconclusive(name: str, reason: str, arm: str | None = None) -> Check:
+    """A check that cannot be decided on this target, and why."""
+    return Check(name, False, reason, arm=arm, inconclusive=True)
+
+
+def status_of(check: Mapping[str, Any]) -> str:
+    """The status of a check in its summary.json form (files written before `status` existed too)."""
+    if check.get("status") in (PASS, FAIL, INCONCLUSIVE):
+        return check["status"]
+    return PASS if check.get("passed") is True else FAIL
 
 
 def verdict(checks: Iterable[Check]) -> str:
-    """`pass` when every check passed, else `fail`."""
-    return PASS if all(c.passed for c in checks) else FAIL
+    """`fail` when a check failed; else `pass` when at least one was decided and passed.
+
+    Inconclusive checks count neither way; a list with nothing decided is an
+    `error`: nothing could be tested.
+    """
+    statuses = {c.status for c in checks}
+    if FAIL in statuses:
+        return FAIL
+    return PASS if PASS in statuses or not statuses else ERROR
 
 
 def overall_verdict(verdicts: Iterable[str]) -> str:
@@ -66,18 +106,19 @@ def reference_checks(faulty: list[Check], fixed: list[Check]) -> list[Check]:
     `issue_reproduced` passes when the faulty arm failed at least one check, and
     names those failures; every fixed-arm check follows, tagged `arm="fixed"`.
     """
-    failed = [c for c in faulty if not c.passed]
+    failed = [c for c in faulty if c.failed]
     if failed:
         evidence = "faulty arm failed " + "; ".join(f"{c.name}: {c.evidence}" for c in failed)
     else:
         evidence = "the faulty arm passed every check: the fault was not reproduced"
     issue = Check(ISSUE_REPRODUCED, bool(failed), evidence, arm="faulty")
-    return [issue] + [Check(c.name, c.passed, c.evidence, arm="fixed") for c in fixed]
+    return [issue] + [replace(c, arm="fixed") for c in fixed]
 
 
 def checks_table(checks: Iterable[Check]) -> pd.DataFrame:
-    """Checks as a table, failures first: what a reader scans for."""
-    rows = [{"check": c.name, "arm": c.arm or "live", "result": "PASS" if c.passed else "FAIL",
-             "evidence": c.evidence} for c in checks]
+    """Checks as a table, failures first, then the inconclusive ones: what a reader scans for."""
+    rows = [{"check": c.name, "arm": c.arm or "live", "result": c.status.upper(), "evidence": c.evidence}
+            for c in checks]
     table = pd.DataFrame(rows, columns=["check", "arm", "result", "evidence"])
-    return table.sort_values("result", kind="stable").reset_index(drop=True)
+    order = table["result"].map({"FAIL": 0, "INCONCLUSIVE": 1, "PASS": 2})
+    return table.iloc[order.argsort(kind="stable")].reset_index(drop=True)

@@ -87,6 +87,7 @@ class TracedConnection:
         scenario, arm, condition: labels copied into the attempts row.
         auth_transport: `both`, `header` or `subprotocol` (PROTOCOL.md section 2).
         extra_headers: more upgrade headers, e.g. the test-mode headers.
+        extra_offers: bare subprotocols offered besides the token's (`Dialect.offers`).
         open_timeout_s: deadline for the upgrade.
         ready_timeout_s: default deadline for the readiness marker.
         close_timeout_s: how long a client close waits for the server's reply.
@@ -98,7 +99,8 @@ class TracedConnection:
 
     def __init__(self, url: str, *, attempt_id: str, token: str | None = None, user_id: str | None = None,
                  scenario: str = "", arm: str = "live", condition: str = "", auth_transport: str = "both",
-                 extra_headers: dict[str, str] | None = None, open_timeout_s: float = 10.0,
+                 extra_headers: dict[str, str] | None = None, extra_offers: tuple[str, ...] = (),
+                 open_timeout_s: float = 10.0,
                  ready_timeout_s: float = 10.0, close_timeout_s: float = 2.0, max_frames: int = 10_000,
                  extra: dict[str, Any] | None = None, follow_redirects: bool = False):
         self.url = url
@@ -107,6 +109,7 @@ class TracedConnection:
         register_secret(token)
         self.auth_transport = auth_transport
         self.extra_headers = extra_headers
+        self.extra_offers = tuple(extra_offers)
         self.open_timeout_s = open_timeout_s
         self.ready_timeout_s = ready_timeout_s
         self.close_timeout_s = close_timeout_s
@@ -146,7 +149,7 @@ class TracedConnection:
         self._t0 = time.perf_counter()
         record.started_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         try:
-            kwargs = auth.connect_kwargs(self.token, self.auth_transport, self.extra_headers)
+            kwargs = auth.connect_kwargs(self.token, self.auth_transport, self.extra_headers, self.extra_offers)
             self._ws = await _Connect(self.url, open_timeout=self.open_timeout_s, ping_interval=None,
                                       close_timeout=self.close_timeout_s, max_size=protocol.MAX_FRAME_BYTES,
                                       proxy=_proxy_setting(self.url), follow_redirects=self.follow_redirects,
@@ -311,6 +314,7 @@ class TracedConnection:
                     continue
                 if protocol.is_ready_marker(message) and not self._ready.is_set():
                     record.t_ready_ms = t_ms
+                    record.server_user = protocol.text_field(message, "user_id")
                     self._mark("ready")
                     self._ready.set()
                     continue

@@ -8,8 +8,13 @@ traces imported from JSONL or browser HAR files, and hand-built tables alike.
 
 Root causes and the rules that find them (PROTOCOL.md sections 8 and 9):
 
+- `authentication_not_enforced` (a security finding, always listed first):
+  the authentication probes of `gp_lib.discovery` (a token signed with
+  another secret, an expired one, none) reached readiness.
 - `unreachable`: refused, DNS, TLS, open timeouts, redirects and non-auth HTTP statuses
-  instead of the upgrade, in at least half of the attempts.
+  instead of the upgrade, in at least half of the attempts; but not upgrades
+  refused (HTTP 403/500/503) or stalled by a host whose health routes answer
+  and say its services are not ready, which are `service_dependencies`.
 - `authentication`: HTTP 401/403 instead of the upgrade, or close 1008 with
   an auth error or reason (a 1008 that names a limit is not auth). Which
   problem it is comes from the error frames, HTTP bodies and close reasons
@@ -24,9 +29,11 @@ Root causes and the rules that find them (PROTOCOL.md sections 8 and 9):
   Broken down by send delay, and by `concurrency` when that column exists.
 - `factory_initialization`: close reasons naming the factory or
   initialization; 1011 before readiness as often for clients that did not
-  send early as for those that did (independent of send timing);
-  `system_status` frames with `factory_status: "error"`.
-- `service_dependencies`: closes saying a service is not ready; agent
+  send early as for those that did (independent of send timing), with the
+  `details.error_type` of the error frames before them and what an unhealthy
+  `/ws/health` said; `system_status` frames with `factory_status: "error"`.
+- `service_dependencies`: upgrades refused or stalled by a host that is up
+  but not ready (above); closes saying a service is not ready; agent
   requests met by silence (nothing at all, while the client listened for at
   least `SILENCE_MS` or to its deadline); runs that stop after
   `agent_started`; error frames naming an unavailable service without a
@@ -34,7 +41,9 @@ Root causes and the rules that find them (PROTOCOL.md sections 8 and 9):
   and fallback completions are the fix, not the fault.
 - `missing_events`: runs that finish but lack some of the five events,
   misorder them, leave a tool call open, or reach another user's socket
-  (judged by `gp_lib.events`). Runs that stop after `agent_started` while
+  (judged by `gp_lib.events`); agent requests never answered before the
+  server closed the socket normally (a message loop that dies on every
+  message: the real backend's 1000 "main cleanup"). Runs that stop after `agent_started` while
   events reach other users are misrouted, not stalled by a missing service.
 - `unknown`: only when none of the above is seen but something is wrong:
   1011s or other abnormal closes, missing readiness markers, invalid frames,
@@ -88,7 +97,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from gp_lib import events, protocol
-from gp_lib.checks import ISSUE_REPRODUCED, Check
+from gp_lib.discovery import AUTH_PROBES, health_marks
+from gp_lib.checks import FAIL, ISSUE_REPRODUCED, Check, status_of
 from gp_lib.trace import FRAME_COLUMNS, UNREACHABLE_OUTCOMES, concat, load_jsonl
 
 RACE = "race_conditions"
@@ -96,14 +106,20 @@ DEPENDENCIES = "service_dependencies"
 FACTORY = "factory_initialization"
 EVENTS = "missing_events"
 AUTHENTICATION = "authentication"
+AUTH_NOT_ENFORCED = "authentication_not_enforced"
 UNREACHABLE = "unreachable"
 UNKNOWN = "unknown"
-ROOT_CAUSES = (RACE, DEPENDENCIES, FACTORY, EVENTS, AUTHENTICATION, UNREACHABLE, UNKNOWN)
+ROOT_CAUSES = (RACE, DEPENDENCIES, FACTORY, EVENTS, AUTHENTICATION, UNREACHABLE, UNKNOWN, AUTH_NOT_ENFORCED)
 SCENARIOS = ROOT_CAUSES[:4]
+#: Findings about security: listed first whatever their confidence.
+SECURITY = frozenset({AUTH_NOT_ENFORCED})
 
-#: Attempt conditions that point a fault at the target on purpose, as a control: never evidence.
-#: (`faulty_start`: the factory scenario starts a faulty process before restarting it.)
-CONTROL_CONDITIONS = frozenset({"faulty_start"})
+#: Attempt conditions that point a fault at the target on purpose, as a control: never evidence of the
+#: other rules. (`faulty_start`: the factory scenario starts a faulty process before restarting it; the
+#: authentication probes send tokens that must be refused.)
+CONTROL_CONDITIONS = frozenset({"faulty_start", *AUTH_PROBES})
+#: HTTP statuses a server that is up answers an upgrade with while its services are not ready.
+NOT_READY_STATUSES = frozenset({403, 500, 502, 503})
 #: How long a client must have listened without an answer for its silence to count, ms.
 SILENCE_MS = 1000.0
 MAX_CONFIDENCE = 0.99
@@ -162,8 +178,7 @@ def diagnose(results: Sequence[Any], arm: str | None = None) -> list[Finding]:
         chosen = arm if arm in result.observations else "live" if "live" in result.observations else "faulty"
         observation = result.observations.get(chosen)
         if observation is not None:
-            arms.append((chosen, observation.attempts, observation.frames,
-                         {result.scenario: result.arm_checks.get(chosen, [])}))
+            arms.append((chosen, *observation.evidence(), {result.scenario: result.arm_checks.get(chosen, [])}))
     return _diagnose_arms(arms)
 
 
@@ -181,13 +196,14 @@ def diagnose_tables(attempts: pd.DataFrame, frames: pd.DataFrame | None = None,
     if not len(evidence.attempts):
         return [Finding(UNKNOWN, 0.3, ["no connection attempts to judge"] + _check_sentences(failing))] \
             if failing else []
+    security = [j for j in [_not_enforced(evidence)] if j.confidence > 0]
     judged = [_unreachable(evidence), _authentication(evidence), _race(evidence), _factory(evidence),
               _dependencies(evidence), _events(evidence)]
     found = [j for j in judged if j.confidence > 0]
     by_cause = {j.root_cause: j for j in judged}
     if not found:
         unknown = _unknown(evidence, failing)
-        return [unknown.finding()] if unknown.confidence > 0 else []
+        return [j.finding() for j in security] + ([unknown.finding()] if unknown.confidence > 0 else [])
     for judgement in found:
         names = failing.get(judgement.root_cause)
         if names:
@@ -201,7 +217,7 @@ def diagnose_tables(attempts: pd.DataFrame, frames: pd.DataFrame | None = None,
             top.evidence.append(f"no attempt got past the upgrade and authentication (0 of {len(evidence.attempts)}),"
                                 f" so none of the four root causes could show; the failing checks of "
                                 f"{', '.join(failing)} follow from {top.root_cause}")
-        return [j.finding() for j in found]
+        return [j.finding() for j in security + found]
     for name in SCENARIOS:
         if by_cause[name].confidence > 0:  # found, the top cause among them
             continue
@@ -210,7 +226,7 @@ def diagnose_tables(attempts: pd.DataFrame, frames: pd.DataFrame | None = None,
             follows = (f" (so its failing checks {', '.join(failing[name])} follow from {top.root_cause})"
                        if name in failing else "")
             top.evidence.append(by_cause[name].ruled_out + follows)
-    return [j.finding() for j in found]
+    return [j.finding() for j in security + found]
 
 
 def merge(finding_lists: Iterable[Sequence[Finding]]) -> list[Finding]:
@@ -260,6 +276,14 @@ def _diagnose_arms(arms: Sequence[tuple[str, pd.DataFrame, pd.DataFrame, Mapping
     return merge(found)
 
 
+def with_security(verdict: str, findings: Sequence[Mapping[str, Any]], mode: str) -> str:
+    """A live run's overall verdict: `fail` when a security finding stands, even if every check passed
+    (authentication not enforced is an issue found, whichever scenario's checks it touches)."""
+    if verdict == "pass" and mode == "live" and any(f.get("root_cause") in SECURITY for f in findings):
+        return "fail"
+    return verdict
+
+
 def findings_table(findings: Sequence[Finding]) -> pd.DataFrame:
     """The diagnosis as a table: rank, root cause, confidence, strongest evidence."""
     rows = [{"rank": n, "root cause": f.root_cause, "confidence": round(f.confidence, 2),
@@ -267,10 +291,12 @@ def findings_table(findings: Sequence[Finding]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["rank", "root cause", "confidence", "strongest evidence"])
 
 
-def _strongest_first(finding: Finding | _Judgement) -> tuple[float, int]:
-    """Sort key: confidence down, then the order of ROOT_CAUSES (names from elsewhere last)."""
+def _strongest_first(finding: Finding | _Judgement) -> tuple[bool, float, int]:
+    """Sort key: security findings first, then confidence down, then the order of ROOT_CAUSES (names
+    from elsewhere last)."""
     cause = finding.root_cause
-    return -finding.confidence, ROOT_CAUSES.index(cause) if cause in ROOT_CAUSES else len(ROOT_CAUSES)
+    return (cause not in SECURITY, -finding.confidence,
+            ROOT_CAUSES.index(cause) if cause in ROOT_CAUSES else len(ROOT_CAUSES))
 
 
 # -- the evidence, prepared once -----------------------------------------------------------------
@@ -301,6 +327,14 @@ class _Evidence:
     frames: pd.DataFrame
     runs: pd.DataFrame
     received: pd.DataFrame          # received frames, decoded into `message`
+    probes: pd.DataFrame            # the authentication probes (gp_lib.discovery): tokens that must be refused
+    health: list[dict[str, Any]]    # what the health routes answered (`health` marks)
+
+    @property
+    def not_ready_said(self) -> str:
+        """What a health route that answered said about services not being ready ("" when none did)."""
+        said = [f"{m.get('path')} {m.get('status')}: {m.get('answer')}" for m in self.health if m.get("not_ready")]
+        return "; ".join(dict.fromkeys(said))
 
     @property
     def c1011(self) -> pd.Series:
@@ -319,8 +353,11 @@ class _Evidence:
 
 def _prepare(attempts: pd.DataFrame, frames: pd.DataFrame | None) -> _Evidence:
     attempts = attempts.reset_index(drop=True) if attempts is not None else pd.DataFrame()
+    probes = attempts.iloc[0:0]
     if len(attempts) and "condition" in attempts:
+        probes = attempts[attempts["condition"].isin(AUTH_PROBES)]
         attempts = attempts[~attempts["condition"].isin(CONTROL_CONDITIONS)].reset_index(drop=True)
+    health = health_marks(frames)
     a = pd.DataFrame({"attempt_id": _col(attempts, "attempt_id").astype(str),
                       "user_id": _col(attempts, "user_id").astype(object)})
     for name in ("t_open_ms", "t_ready_ms", "t_first_send_ms", "t_close_ms", "close_code", "handshake_status",
@@ -353,13 +390,21 @@ def _prepare(attempts: pd.DataFrame, frames: pd.DataFrame | None) -> _Evidence:
     status, offered = a["handshake_status"], a["auth_transport"].isin(["both", "subprotocol"])
     a["offer_refused"] = (a["close_code"] == SUBPROTOCOL_REFUSED) | (
         offered & status.between(400, 499) & ~status.isin([401, 403, 404]))
+    # an upgrade refused or stalled by a host that is up but whose services are not ready (the real backend's
+    # readiness guard, docs/protocol.md section 10): service_dependencies, neither unreachable nor auth
+    not_ready = any(m.get("not_ready") for m in health) and any(m.get("status") is not None for m in health)
+    refused = ~a["connected"] & (a["handshake_status"].isin(NOT_READY_STATUSES) | (a["outcome"] == "open_timeout"))
+    a["not_ready_refusal"] = refused & (not_ready | a["text"].map(_names_dependency).astype(bool)) & ~said_auth
+    a["rejected"] &= ~a["not_ready_refusal"]
     a["admitted"] = a["connected"] & ~a["rejected"]
     a["early"] = a["admitted"] & a["t_first_send_ms"].notna() & (
         a["t_ready_ms"].isna() | (a["t_first_send_ms"] < a["t_ready_ms"]))
     # only the sockets that saw a run event: run_table walks socket by socket, ten times slower on a race storm
     with_runs = set(received.loc[received["type"].isin(protocol.RUN_EVENT_TYPES), "attempt_id"])
-    runs = events.run_table(frames[frames["attempt_id"].isin(with_runs)], a[["attempt_id", "user_id"]])
-    return _Evidence(a, frames, runs, received)
+    users = attempts[[c for c in ("attempt_id", "user_id", "server_user") if c in attempts]].astype(object)
+    users = users.assign(attempt_id=users["attempt_id"].astype(str)) if "attempt_id" in users else a[["attempt_id"]]
+    runs = events.run_table(frames[frames["attempt_id"].isin(with_runs)], users)
+    return _Evidence(a, frames, runs, received, probes, health)
 
 
 def _col(table: pd.DataFrame, name: str) -> pd.Series:
@@ -386,6 +431,10 @@ def _contrast(a: pd.DataFrame, hit: pd.Series) -> tuple[int, int, int, int]:
     return int((hit & early).sum()), int(early.sum()), int((hit & waited).sum()), int(waited.sum())
 
 
+def _names_dependency(text: Any) -> bool:
+    return isinstance(text, str) and any(word in text.lower() for word in DEPENDENCY_WORDS)
+
+
 def _reason_class(reason: Any) -> str | None:
     text = reason.lower() if isinstance(reason, str) else ""
     if any(word in text for word in FACTORY_WORDS):
@@ -399,7 +448,7 @@ def _failing_checks(checks: Mapping[str, Iterable[Check | Mapping[str, Any]]]) -
     """`{scenario: [names of failed checks]}`, the issue_reproduced summary left out."""
     as_dicts = {scenario: [c.to_dict() if isinstance(c, Check) else c for c in found]
                 for scenario, found in checks.items()}
-    failing = {scenario: [c["name"] for c in found if not c["passed"] and c["name"] != ISSUE_REPRODUCED]
+    failing = {scenario: [c["name"] for c in found if status_of(c) == FAIL and c["name"] != ISSUE_REPRODUCED]
                for scenario, found in as_dicts.items()}
     return {scenario: names for scenario, names in failing.items() if names}
 
@@ -413,7 +462,8 @@ def _check_sentences(failing: Mapping[str, list[str]]) -> list[str]:
 def _unreachable(ev: _Evidence) -> _Judgement:
     a = ev.attempts
     judgement = _Judgement(UNREACHABLE)
-    failed = a[a["outcome"].isin(UNREACHABLE_OUTCOMES) & ~a["handshake_status"].isin([401, 403]) & ~a["offer_refused"]]
+    failed = a[a["outcome"].isin(UNREACHABLE_OUTCOMES) & ~a["handshake_status"].isin([401, 403]) & ~a["offer_refused"]
+               & ~a["not_ready_refusal"]]
     share = _share(len(failed), len(a))
     if not len(failed) or share < 0.5:
         return judgement
@@ -572,6 +622,13 @@ def _factory(ev: _Evidence) -> _Judgement:
     if hits_w and rate_w * 3 >= rate_e:
         judgement.add(0.3 + 0.4 * rate_w, f"independent of send timing: 1011 before readiness in {hits_w} of "
                       f"{waited} attempts that did not send before the readiness marker, {hits_e} of {early} that did")
+    error_types = _error_types(ev, a[hit])
+    if error_types and judgement.confidence:
+        judgement.evidence.append("the error frames before those closes named " + ", ".join(
+            f"error_type {name} x{n}" for name, n in error_types.most_common(3)))
+    unhealthy = [m for m in ev.health if "error:" in str(m.get("answer", ""))]
+    if unhealthy and judgement.confidence:
+        judgement.evidence.append(f"{unhealthy[0].get('path')} said {_quote(unhealthy[0].get('answer'))}")
     if status_errors:
         errors = protocol.field(status_errors[0], "errors")
         first = errors[0] if isinstance(errors, list) and errors else ""
@@ -588,6 +645,36 @@ def _factory(ev: _Evidence) -> _Judgement:
     return judgement
 
 
+def _error_types(ev: _Evidence, rows: pd.DataFrame) -> Counter:
+    """The `details.error_type` of the error frames the attempts in `rows` received (the real backend
+    names the exception that failed a connection's setup this way)."""
+    ids = set(rows["attempt_id"])
+    found: Counter = Counter()
+    for attempt_id, message in zip(ev.received["attempt_id"], ev.received["message"]):
+        if attempt_id in ids and protocol.is_error(message):
+            details = protocol.field(message, "details")
+            name = details.get("error_type") if isinstance(details, dict) else protocol.field(message, "error_type")
+            if isinstance(name, str) and name:
+                found[protocol.cut_text(name, 60)] += 1
+    return found
+
+
+def _dropped(ev: _Evidence) -> pd.DataFrame:
+    """Attempts whose first message the server never answered before closing normally (1000/1001): a
+    message loop that dies on what it reads (the real backend's "main cleanup", docs/protocol.md 10)."""
+    a, f = ev.attempts, ev.frames
+    sent = f[(f["direction"] == "sent") & (f["type"] != protocol.HANDSHAKE_ACK)]
+    if not len(sent):
+        return a.iloc[0:0].assign(request=pd.Series(dtype=bool))
+    first = sent.sort_values("t_ms", kind="stable").groupby("attempt_id").first()
+    answered = ev.received[ev.received["type"] != "heartbeat"].merge(
+        first["t_ms"].rename("t_sent"), left_on="attempt_id", right_index=True)
+    answered_ids = set(answered.loc[answered["t_ms"] > answered["t_sent"], "attempt_id"])
+    closed_normally = a["cut"] & a["close_code"].isin([1000, 1001]) & (a["closed_by"] == "server")
+    rows = a[closed_normally & a["attempt_id"].isin(set(first.index) - answered_ids)]
+    return rows.assign(request=rows["attempt_id"].map(first["type"]).isin(events.REQUEST_TYPES))
+
+
 def _dependencies(ev: _Evidence) -> _Judgement:
     judgement = _Judgement(DEPENDENCIES)
     server_closes, named = _server_closes(ev.attempts, DEPENDENCIES)
@@ -597,6 +684,17 @@ def _dependencies(ev: _Evidence) -> _Judgement:
     stalled = _stalled(ev, own)
     leaks = ev.leaked
     unfriendly, graceful = _service_errors(ev)
+    refusals = ev.attempts[ev.attempts["not_ready_refusal"]]
+    if len(refusals):
+        kinds = Counter(f"HTTP {int(s)}" if pd.notna(s) else "stalled past the open timeout"
+                        for s in refusals["handshake_status"])
+        said = ev.not_ready_said
+        judgement.add(0.8 + 0.15 * _share(len(refusals), len(ev.attempts)),
+                      f"{len(refusals)} of {len(ev.attempts)} upgrades were refused or stalled ("
+                      + ", ".join(f"{kind} x{n}" for kind, n in kinds.most_common()) + ") by a host that is up"
+                      + (f": its health routes said services are not ready ({said})" if said else
+                         f": the refusal said so ({_quote(refusals['error'].dropna().iloc[0])})"
+                         if refusals["error"].notna().any() else ""))
     if len(named):
         by_reason = named.groupby(["close_reason", "close_code"]).size().sort_values(ascending=False).head(3)
         judgement.add(0.75 + 0.2 * _upto(len(named)),
@@ -688,8 +786,16 @@ def _service_errors(ev: _Evidence) -> tuple[list[str], int]:
 def _events(ev: _Evidence) -> _Judgement:
     runs = ev.runs
     judgement = _Judgement(EVENTS)
+    dropped = _dropped(ev)
+    requests = dropped[dropped["request"]]
+    if len(requests):
+        judgement.add(0.7 + 0.25 * _upto(len(requests)),
+                      f"messages unanswered: {len(requests)} agent requests got no event at all; the server closed "
+                      f"the socket normally right after each ({_reasons(requests['close_reason'])}): its message "
+                      "loop fails on what it reads, so no agent event can reach the user")
     if not len(runs):
-        judgement.ruled_out = "missing_events ruled out: no agent run was observed, so none could lack events"
+        if not judgement.confidence:
+            judgement.ruled_out = "missing_events ruled out: no agent run was observed, so none could lack events"
         return judgement
     leaking = runs[runs["foreign"].astype(bool) | (runs["foreign_events"] > 0)]
     own = ev.own_runs
@@ -739,6 +845,10 @@ def _unknown(ev: _Evidence, failing: Mapping[str, list[str]]) -> _Judgement:
         judgement.evidence.append(f"{len(abnormal)} of {len(a)} attempts ended abnormally: "
                                   + ", ".join(f"{int(code)} ({protocol.CLOSE_CODES.get(int(code), 'other')}) x{n}"
                                               for code, n in codes.items()))
+    dropped = _dropped(ev)
+    if len(dropped):
+        judgement.evidence.append(f"messages unanswered: the server closed {len(dropped)} sockets normally right "
+                                  f"after their first message without answering it ({_reasons(dropped['close_reason'])})")
     no_marker = int((a["outcome"] == "ready_timeout").sum())
     if no_marker:
         judgement.evidence.append(f"{no_marker} of {int(a['connected'].sum())} upgraded attempts got no readiness "
@@ -748,7 +858,26 @@ def _unknown(ev: _Evidence, failing: Mapping[str, list[str]]) -> _Judgement:
         judgement.evidence.append(f"{invalid} frames were not JSON objects with a type")
     judgement.evidence += _check_sentences(failing)
     if judgement.evidence:
-        judgement.confidence = 0.5 if len(c1011) else 0.3
+        judgement.confidence = 0.5 if len(c1011) or len(dropped) else 0.3
+    return judgement
+
+
+def _not_enforced(ev: _Evidence) -> _Judgement:
+    """Tokens that must be refused (gp_lib.discovery's probes) that reached readiness: a security defect."""
+    judgement = _Judgement(AUTH_NOT_ENFORCED)
+    probes = ev.probes
+    if not len(probes):
+        return judgement
+    ready = pd.to_numeric(probes["t_ready_ms"], errors="coerce").notna()
+    accepted = probes[ready]
+    if not len(accepted):
+        return judgement
+    kinds = ", ".join(AUTH_PROBES[c] for c in dict.fromkeys(accepted["condition"]))
+    names = sorted({str(u) for u in _col(accepted, "server_user").dropna()})
+    judgement.add(0.95, f"authentication not enforced: {len(accepted)} of {len(probes)} connections that must be "
+                  f"refused reached readiness ({kinds})"
+                  + (f"; the server named them {', '.join(_quote(n) for n in names[:3])}" if names else "")
+                  + ": anyone can open a session as some user; a security defect")
     return judgement
 
 

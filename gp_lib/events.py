@@ -73,6 +73,8 @@ class RunReport:
         foreign_users: those other users.
         ending: completed, fallback, agent_error or unfinished.
         server_span_ms: first to last event by the server's own timestamps (None without them).
+        server_user: who the server said the socket's user is (its readiness marker), when it said;
+            events in that name are the socket's own, even where it differs from `user_id`.
     """
 
     run_id: str | None
@@ -90,6 +92,7 @@ class RunReport:
     foreign_users: tuple[str, ...]
     ending: str
     server_span_ms: float | None
+    server_user: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -104,15 +107,24 @@ class RunReport:
     @property
     def foreign(self) -> bool:
         """Another user's run, seen on this socket."""
-        return self.owner is not None and self.user_id is not None and self.owner != self.user_id
+        return self.owner is not None and self.user_id is not None and not is_own(self.owner, self.user_id,
+                                                                                  self.server_user)
 
 
-def validate_run(events: Iterable[Mapping[str, Any]], user_id: Any) -> RunReport:
-    """Judge one run: the decoded events received, in receive order, by `user_id`'s socket.
+def is_own(event_user: str | None, socket_user: str | None, server_user: str | None = None) -> bool:
+    """Whether an event's user_id is the socket's user: the one asked for, or the one the server named
+    (ids a server masks, `demo-use...`, are not another user's)."""
+    return event_user is None or socket_user is None or event_user == socket_user \
+        or protocol.same_user(event_user, socket_user) or protocol.same_user(event_user, server_user)
+
+
+def validate_run(events: Iterable[Mapping[str, Any]], user_id: Any, server_user: Any = None) -> RunReport:
+    """Judge one run: the decoded events received, in receive order, by `user_id`'s socket
+    (`server_user`: the name the server gave that socket, if any).
 
     Frames that are not agent events (pongs, acks, readiness) are ignored.
     """
-    user_id = _text(user_id)
+    user_id, server_user = _text(user_id), _text(server_user)
     events = [e for e in events if isinstance(e, Mapping) and e.get("type") in RUN_EVENT_TYPES]
     types = tuple(e["type"] for e in events)
     counts = Counter(types)
@@ -131,7 +143,7 @@ def validate_run(events: Iterable[Mapping[str, Any]], user_id: Any) -> RunReport
     users = [_text(protocol.field(e, "user_id")) for e in events]
     named = [u for u in users if u is not None]
     owner = Counter(named).most_common(1)[0][0] if named else None
-    foreign = [u for u in named if user_id is not None and u != user_id]
+    foreign = [u for u in named if not is_own(u, user_id, server_user)]
     foreign_users = tuple(dict.fromkeys(foreign))
     if foreign:
         problems.append(f"{len(foreign)} of {len(events)} events carry another user's user_id "
@@ -152,7 +164,7 @@ def validate_run(events: Iterable[Mapping[str, Any]], user_id: Any) -> RunReport
         missing=tuple(name for name in EVENT_NAMES if not counts[name]),
         problems=tuple(problems), notes=tuple(notes), in_order=not order, tool_calls=tool_calls,
         tools_closed=not tool_problems, foreign_events=len(foreign), foreign_users=foreign_users,
-        ending=ending, server_span_ms=_server_span_ms(events))
+        ending=ending, server_span_ms=_server_span_ms(events), server_user=server_user)
 
 
 def _order_problems(types: tuple[str, ...], counts: Counter) -> list[str]:
@@ -226,10 +238,18 @@ def socket_users(attempts: pd.DataFrame | Mapping[str, Any]) -> dict[str, str | 
     return {str(a): _text(u) for a, u in attempts.items()}
 
 
+def server_users(attempts: pd.DataFrame | Mapping[str, Any]) -> dict[str, str | None]:
+    """`{attempt_id: the user the server named in its readiness marker}`, where the table says."""
+    if not isinstance(attempts, pd.DataFrame) or "server_user" not in attempts or "attempt_id" not in attempts:
+        return {}
+    return {str(a): _text(u) for a, u in zip(attempts["attempt_id"], attempts["server_user"])}
+
+
 @dataclass
 class _Run:
     attempt_id: str
     socket_user: str | None
+    server_user: str | None
     key: str
     events: list[tuple[float, dict[str, Any]]]
     t_request_ms: float | None
@@ -239,7 +259,7 @@ def _runs(frames: pd.DataFrame, attempts: pd.DataFrame | Mapping[str, Any]) -> I
     """The runs of every socket, in receive order: grouped by run_id, else one per agent_started."""
     if frames is None or frames.empty:
         return
-    users = socket_users(attempts)
+    users, named = socket_users(attempts), server_users(attempts)
     rows = frames.assign(_order=range(len(frames)))
     rows["_t"] = pd.to_numeric(rows["t_ms"], errors="coerce") if "t_ms" in rows else float("nan")
     rows = rows.sort_values(["attempt_id", "_t", "_order"], kind="stable", na_position="last")
@@ -266,7 +286,8 @@ def _runs(frames: pd.DataFrame, attempts: pd.DataFrame | Mapping[str, Any]) -> I
         for key, events in runs.items():
             first = events[0][0]
             before = [t for t in requests if pd.notna(first) and t <= first]
-            yield _Run(str(attempt_id), users.get(str(attempt_id)), key, events, before[-1] if before else None)
+            yield _Run(str(attempt_id), users.get(str(attempt_id)), named.get(str(attempt_id)), key, events,
+                       before[-1] if before else None)
 
 
 def run_events(frames: pd.DataFrame, attempts: pd.DataFrame | Mapping[str, Any]) -> pd.DataFrame:
@@ -280,8 +301,7 @@ def run_events(frames: pd.DataFrame, attempts: pd.DataFrame | Mapping[str, Any])
                          "type": message["type"], "event_user": event_user,
                          "thread_id": _text(protocol.field(message, "thread_id")),
                          "tool_name": _text(protocol.field(message, "tool_name")),
-                         "foreign": event_user is not None and run.socket_user is not None
-                         and event_user != run.socket_user})
+                         "foreign": not is_own(event_user, run.socket_user, run.server_user)})
     return pd.DataFrame(rows, columns=EVENT_COLUMNS)
 
 
@@ -294,7 +314,7 @@ def run_table(frames: pd.DataFrame, attempts: pd.DataFrame | Mapping[str, Any]) 
     """
     rows = []
     for run in _runs(frames, attempts):
-        report = validate_run([m for _, m in run.events], run.socket_user)
+        report = validate_run([m for _, m in run.events], run.socket_user, run.server_user)
         counts = Counter(report.types)
         times = [t for t, _ in run.events]
         rows.append({
@@ -357,12 +377,14 @@ def delivery_matrix(frames: pd.DataFrame, attempts: pd.DataFrame | Mapping[str, 
 
     Every socket user is a row and a column, so a user whose events all went
     elsewhere still shows; off-diagonal counts are cross-user leaks. Events
-    without a user_id are counted in the column `NO_USER`.
+    without a user_id are counted in the column `NO_USER`; events in the name
+    the server gave the socket count as its user's.
     """
     users = sorted({u for u in socket_users(attempts).values() if u is not None})
     events = run_events(frames, attempts)
     received = events["socket_user"].fillna(NO_USER)
-    owners = events["event_user"].fillna(NO_USER)
+    owners = events["event_user"].where(events["foreign"].astype(bool) | events["event_user"].isna(),
+                                        events["socket_user"]).fillna(NO_USER)
     rows = users + sorted(set(received) - set(users))
     columns = users + sorted(set(owners) - set(users) - {NO_USER}) + ([NO_USER] if (owners == NO_USER).any() else [])
     matrix = pd.crosstab(received, owners).reindex(index=rows, columns=columns, fill_value=0)

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from gp_lib.checks import overall_verdict
+from gp_lib.checks import FAIL, INCONCLUSIVE, PASS, overall_verdict, status_of
 
 SUMMARY = "summary.json"
 #: A summary holds checks and metrics of a few scenarios: kilobytes. Far more is not one.
@@ -48,7 +48,7 @@ class Run:
     """One run, whichever file it was read from.
 
     Attributes:
-        scenarios: `{name: {"verdict", "checks": [{"name", "passed", "evidence", "arm"?}], "metrics": {...}}}`.
+        scenarios: `{name: {"verdict", "checks": [{"name", "passed", "evidence", "status"?, "arm"?}], "metrics": {...}}}`.
         source: `summary.json` or `scrapbook`.
     """
 
@@ -161,12 +161,15 @@ def _scenario(path: Path, name: str, entry: Any) -> dict[str, Any]:
         raise RunError(f"{where}.checks must be a list")
     for number, check in enumerate(checks):
         if not isinstance(check, dict) or not isinstance(check.get("name"), str) \
-                or not isinstance(check.get("passed"), bool):
-            raise RunError(f"{where}.checks[{number}] needs a text 'name' and a true/false 'passed'")
+                or not (isinstance(check.get("passed"), bool) or check.get("status") == INCONCLUSIVE):
+            raise RunError(f"{where}.checks[{number}] needs a text 'name' and a true/false 'passed' "
+                           f"(or status 'inconclusive')")
     metrics = entry.get("metrics") or {}
     if not isinstance(metrics, dict):
         raise RunError(f"{where}.metrics must be an object")
-    verdict = entry.get("verdict") or ("pass" if all(c["passed"] for c in checks) and checks else "fail")
+    statuses = {status_of(c) for c in checks}
+    verdict = entry.get("verdict") or ("pass" if statuses and FAIL not in statuses and PASS in statuses
+                                       else "error" if statuses == {INCONCLUSIVE} else "fail")
     if verdict not in VERDICT_RANK:
         raise RunError(f"{where}.verdict must be pass, fail or error, not {verdict!r}")
     return {"verdict": verdict, "checks": checks, "metrics": _flat(metrics), "report": entry.get("report")}
@@ -231,11 +234,11 @@ def _text(value: Any) -> str | None:
 # -- a run as tables ---------------------------------------------------------------------------
 
 def checks_table(run: Run) -> pd.DataFrame:
-    """One row per check: scenario, check, arm, passed, evidence."""
-    rows = [{"scenario": scenario, "check": c["name"], "arm": c.get("arm") or "live", "passed": c["passed"],
+    """One row per check: scenario, check, arm, status (PASS, FAIL, INCONCLUSIVE), evidence."""
+    rows = [{"scenario": scenario, "check": c["name"], "arm": c.get("arm") or "live", "status": status_of(c).upper(),
              "evidence": c.get("evidence", "")}
             for scenario, entry in run.scenarios.items() for c in entry["checks"]]
-    return pd.DataFrame(rows, columns=["scenario", "check", "arm", "passed", "evidence"])
+    return pd.DataFrame(rows, columns=["scenario", "check", "arm", "status", "evidence"])
 
 
 def metrics_table(run: Run) -> pd.DataFrame:
@@ -247,13 +250,14 @@ def metrics_table(run: Run) -> pd.DataFrame:
 
 # -- two runs ----------------------------------------------------------------------------------
 
-def _status(passed: Any) -> str:
-    return "absent" if passed is None or (isinstance(passed, float) and math.isnan(passed)) \
-        else ("PASS" if passed else "FAIL")
+def _status(status: Any) -> str:
+    return status if isinstance(status, str) else "absent"
 
 
-CHANGE_WORDS = {("PASS", "FAIL"): "broke", ("FAIL", "PASS"): "fixed", ("absent", "PASS"): "new",
-                ("absent", "FAIL"): "new", ("PASS", "absent"): "gone", ("FAIL", "absent"): "gone"}
+CHANGE_WORDS = {("PASS", "FAIL"): "broke", ("INCONCLUSIVE", "FAIL"): "broke", ("FAIL", "PASS"): "fixed",
+                ("FAIL", "INCONCLUSIVE"): "undecided", ("PASS", "INCONCLUSIVE"): "undecided",
+                ("INCONCLUSIVE", "PASS"): "decided", **{("absent", s): "new" for s in ("PASS", "FAIL", "INCONCLUSIVE")},
+                **{(s, "absent"): "gone" for s in ("PASS", "FAIL", "INCONCLUSIVE")}}
 
 
 CHECK_CHANGE_COLUMNS = ["scenario", "check", "arm", "a", "b", "change", "evidence a", "evidence b"]
@@ -262,13 +266,14 @@ CHECK_CHANGE_COLUMNS = ["scenario", "check", "arm", "a", "b", "change", "evidenc
 def check_changes(a: Run, b: Run) -> pd.DataFrame:
     """Every check of either run side by side (`CHECK_CHANGE_COLUMNS`).
 
-    `change` is `broke` (PASS in A, FAIL in B), `fixed`, `new`, `gone` or empty.
+    `change` is `broke` (PASS or INCONCLUSIVE in A, FAIL in B), `fixed`, `undecided` (decided in A,
+    INCONCLUSIVE in B), `decided`, `new`, `gone` or empty.
     """
     keys = ["scenario", "check", "arm"]
     merged = checks_table(a).merge(checks_table(b), on=keys, how="outer", suffixes=("_a", "_b"), sort=False)
     rows = []
     for row in merged.to_dict(orient="records"):
-        before, after = _status(row["passed_a"]), _status(row["passed_b"])
+        before, after = _status(row["status_a"]), _status(row["status_b"])
         rows.append({**{k: row[k] for k in keys}, "a": before, "b": after,
                      "change": CHANGE_WORDS.get((before, after), ""),
                      "evidence a": _blank(row["evidence_a"]), "evidence b": _blank(row["evidence_b"])})
@@ -304,7 +309,8 @@ def regressions(a: Run, b: Run) -> list[str]:
     """How B is worse than A: a check passing in A fails in B, or a scenario verdict got worse."""
     found = [f"{r['scenario']}: verdict {r['a']} -> {r['b']}"
              for r in verdict_changes(a, b).to_dict(orient="records") if r["change"] == "worse"]
-    found += [f"{r['scenario']}: {r['check']} ({r['arm']}) passed in {a.run_id}, fails in {b.run_id}: "
+    found += [f"{r['scenario']}: {r['check']} ({r['arm']}) {'passed' if r['a'] == 'PASS' else 'was inconclusive'} "
+              f"in {a.run_id}, fails in {b.run_id}: "
               f"{r['evidence b']}" for r in check_changes(a, b).to_dict(orient="records") if r["change"] == "broke"]
     return found
 

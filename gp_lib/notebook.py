@@ -36,7 +36,7 @@ SECTION_TITLES = {
     "reproduce": "Reproduce this run",
 }
 VERSIONED = ("golden-path-lab", "websockets", "PyJWT", "pandas", "matplotlib", "papermill", "nbconvert", "scrapbook")
-BADGES = {"pass": "PASS", "fail": "FAIL", "error": "ERROR"}
+BADGES = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "inconclusive": "INCONCLUSIVE"}
 
 
 # -- text building (pure, tested) ---------------------------------------------------------
@@ -70,7 +70,7 @@ def verdict_markdown(result: Any, headline: Sequence[str] = ()) -> str:
         lines = [f"**Verdict: {badge}**: the run could not be made: {escape.markdown(result.error)}"]
     elif result.mode == "reference":
         reproduced = next((c for c in result.checks if c.name == "issue_reproduced"), None)
-        fixed_failures = [c for c in result.checks if c.arm == "fixed" and not c.passed]
+        fixed_failures = [c for c in result.checks if c.arm == "fixed" and c.failed]
         lines = [f"**Verdict: {badge}** (reference mode: the reference server with the fault injected, then fixed)",
                  "",
                  f"- Issue reproduced in the faulty arm: **{'yes' if reproduced and reproduced.passed else 'no'}**",
@@ -78,11 +78,14 @@ def verdict_markdown(result: Any, headline: Sequence[str] = ()) -> str:
                  + ("" if not fixed_failures else " (" + ", ".join(escape.markdown(c.name) for c in fixed_failures)
                     + " failed)")]
     else:
-        failed = [c for c in result.checks if not c.passed]
+        failed = [c for c in result.checks if c.failed]
+        undecided = [c for c in result.checks if c.inconclusive]
+        decided = f"{len(result.checks) - len(undecided)}{' decided' if undecided else ''} checks"
         lines = [f"**Verdict: {badge}** against {escape.markdown(result.target)}: "
-                 + (f"{len(failed)} of {len(result.checks)} checks failed "
-                    f"({', '.join(escape.markdown(c.name) for c in failed)})"
-                    if failed else f"all {len(result.checks)} checks passed")]
+                 + (f"{len(failed)} of {decided} failed ({', '.join(escape.markdown(c.name) for c in failed)})"
+                    if failed else f"all {decided} passed")
+                 + (f"; {len(undecided)} inconclusive on this target "
+                    f"({', '.join(escape.markdown(c.name) for c in undecided)})" if undecided else "")]
     figures = [(name, result.metrics[name]) for name in _headline_keys(result, headline) if name in result.metrics]
     if figures:
         lines += ["", "| figure | value |", "| --- | --- |"] + [f"| {n} | {_cell(v)} |" for n, v in figures]
@@ -112,7 +115,7 @@ def remediation_markdown(result: Any) -> str:
         rows.append({"check": name,
                      "faulty arm": _judged(faulty.get(name)),
                      "fixed arm": _judged(fixed.get(name))})
-    verified = all(c.passed for c in fixed.values()) and any(not c.passed for c in faulty.values())
+    verified = not any(c.failed for c in fixed.values()) and any(c.failed for c in faulty.values())
     summary = ("The fault makes these checks fail and the fix makes every one pass: remediation verified."
                if verified else "The arms do not show a clean fault/fix contrast: remediation NOT verified.")
     return summary + "\n\n" + markdown_table(rows)
@@ -121,13 +124,14 @@ def remediation_markdown(result: Any) -> str:
 def _judged(check: Check | None) -> str:
     if check is None:
         return ""
-    return ("PASS" if check.passed else "FAIL") + f": {check.evidence}"
+    return check.status.upper() + f": {check.evidence}"
 
 
 def environment_markdown(result: Any) -> str:
     """Target, mode, parameters (secrets redacted) and versions."""
     rows = [{"item": "mode", "value": result.mode},
             {"item": "target", "value": result.target or "reference server (started per arm on 127.0.0.1)"},
+            *({"item": f"dialect ({arm})", "value": found["how"]} for arm, found in result.dialect.items()),
             {"item": "started", "value": result.started_at},
             {"item": "finished", "value": result.finished_at},
             {"item": "python", "value": platform.python_version()},

@@ -30,6 +30,8 @@ from websockets.uri import parse_uri
 
 from gp_lib import auth, escape, protocol
 from gp_lib.client import TracedConnection
+from gp_lib.dialects import Dialect
+from gp_lib.discovery import selected_unoffered
 from gp_lib.redact import redact
 from gp_lib.trace import AttemptRecord
 
@@ -65,6 +67,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="deadline for the upgrade (default 10)")
     parser.add_argument("--ready-timeout", type=float, default=10.0, metavar="SECONDS",
                         help="deadline for the readiness marker (default 10)")
+    parser.add_argument("--dialect", default="auto", metavar="SPEC",
+                        help="what the target speaks, for the subprotocols to offer: auto (default: a scheme the "
+                             "server selects unoffered is offered on a second try), or a preset such as netra")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,6 +105,11 @@ def _check(args: argparse.Namespace) -> list[dict[str, Any]]:
             raise ProbeInputError(f"{option} must not be negative, got {value:g}")
         if least is None and not value > 0:
             raise ProbeInputError(f"{option} must be greater than zero, got {value:g}")
+    if args.dialect != "auto":
+        try:
+            Dialect.parse(args.dialect)
+        except ValueError as exc:
+            raise ProbeInputError(f"--dialect: {exc}") from None
     messages = []
     for number, text in enumerate(args.send, 1):
         message = protocol.decode(text)
@@ -117,11 +127,23 @@ def _sends_early(args: argparse.Namespace) -> bool:
 
 async def probe(args: argparse.Namespace, token: str, messages: list[dict[str, Any]], out: TextIO) -> AttemptRecord:
     """Connect, (wait for readiness,) send, listen; frames are printed to `out` as they come."""
-    conn = TracedConnection(args.url, attempt_id="probe", token=token, user_id=args.user,
-                            auth_transport=args.auth_transport, open_timeout_s=args.open_timeout,
-                            ready_timeout_s=args.ready_timeout)
+    offers = Dialect.parse(args.dialect).offers() if args.dialect != "auto" else ()
     print(f"probing {escape.terminal(redact(args.url))} as {escape.terminal(args.user)} "
           f"(token in {args.auth_transport}; never printed)", file=out)
+    record = await _session(args, token, messages, offers, out)
+    selected = selected_unoffered(record, offers)
+    if selected is None:
+        return record
+    print(f"the server selected the subprotocol {escape.terminal(selected)!r}, which was not offered, so the handshake failed "
+          f"on this side; again, offering it too", file=out)
+    return await _session(args, token, messages, (*offers, selected), out)
+
+
+async def _session(args: argparse.Namespace, token: str, messages: list[dict[str, Any]], offers: tuple[str, ...],
+                   out: TextIO) -> AttemptRecord:
+    conn = TracedConnection(args.url, attempt_id="probe", token=token, user_id=args.user,
+                            auth_transport=args.auth_transport, extra_offers=offers, open_timeout_s=args.open_timeout,
+                            ready_timeout_s=args.ready_timeout)
     printer = _Printer(conn.record, out)
     following = asyncio.create_task(printer.follow())
     try:
@@ -205,13 +227,31 @@ def summarise(record: AttemptRecord, args: argparse.Namespace, out: TextIO) -> N
                      f"{since_upgrade(record.t_close_ms)}")
     if record.error:
         lines.append(f"error:        {escape.terminal(record.error)}")
+    unanswered = unanswered_before_close(record)
+    if unanswered:
+        lines.append(f"unanswered:   the server closed the socket after {unanswered} message"
+                     f"{'s' if unanswered > 1 else ''} without answering any: its message loop fails on them")
     normal = is_normal(record, waited_ready=not _sends_early(args))
     lines.append(f"outcome:      {record.outcome} ({'normal' if normal else 'abnormal'})")
     print("\n".join(lines), file=out)
 
 
 def is_normal(record: AttemptRecord, *, waited_ready: bool) -> bool:
-    """A normal close (1000), and the readiness marker when it was awaited."""
+    """A normal close (1000), the readiness marker when it was awaited, and an answer to what was sent
+    before the server closed: a 1000 right after an unanswered message is a crashed message loop."""
     if record.close_code != NORMAL_CLOSE or record.outcome not in ("ok", "closed_other"):
         return False
+    if unanswered_before_close(record):
+        return False
     return record.t_ready_ms is not None or not waited_ready
+
+
+def unanswered_before_close(record: AttemptRecord) -> int:
+    """How many messages were sent without any answer before the server closed; 0 when something came
+    after the first of them, or the client closed."""
+    sent = [f["t_ms"] for f in record.frames if f["direction"] == "sent" and f["type"] != protocol.HANDSHAKE_ACK]
+    if not sent or record.closed_by != "server":
+        return 0
+    answered = any(f["direction"] == "received" and f["type"] != "heartbeat" and f["t_ms"] > sent[0]
+                   for f in record.frames)
+    return 0 if answered else len(sent)

@@ -38,7 +38,7 @@ HANDSHAKE_ACK = "handshake_acknowledged"
 
 ERROR_TYPES = frozenset({"error", "error_message"})
 STATUS_TYPES = frozenset({"status_update", "thread_status", "execution_status"})
-AGENT_REQUEST_ALIASES = frozenset({"agent_request", "start_agent", "user_message"})
+AGENT_REQUEST_ALIASES = frozenset({"agent_request", "start_agent", "user_message", "chat"})
 SERVICES = ("agent_supervisor", "thread_service", "llm_service", "database")
 
 #: Field value the parser gives a frame that is not JSON or has no type.
@@ -87,8 +87,9 @@ MAX_STRING_CHARS = 4_096
 MAX_ITEMS = 256
 #: Characters of a frame's text kept as evidence (the `payload` of the frames table).
 MAX_RAW_CHARS = 16_384
-#: Event names some servers put in `data.type` under one of these outer types (the real backend, docs/protocol.md).
-WRAPPER_TYPES = frozenset({"system_message", "agent_progress", "agent_update", "agent_event"})
+#: Event names some servers put in `data.type` under one of these outer types (the real backend,
+#: docs/protocol.md section 10: websocket_core/handlers.py at aebb16f7, lines 377-491).
+WRAPPER_TYPES = frozenset({"system_message", "agent_progress", "agent_response_complete"})
 
 
 class Message(dict):
@@ -251,6 +252,25 @@ def field(message: dict[str, Any], name: str, default: Any = None) -> Any:
         if isinstance(inner, dict) and inner.get(name) is not None:
             return inner[name]
     return default
+
+
+def text_field(message: dict[str, Any], name: str, limit: int = 200) -> str | None:
+    """A field as bounded text (ids a server chose), or None."""
+    value = field(message, name)
+    return None if value is None or isinstance(value, (dict, list)) else cut_text(str(value), limit)
+
+
+def same_user(a: Any, b: Any) -> bool:
+    """Whether two user ids name one user, where a server may show one masked as its first
+    characters and "..." (the real backend's readiness marker: `demo-use...`)."""
+    if not isinstance(a, str) or not isinstance(b, str) or not a or not b:
+        return False
+    if a == b:
+        return True
+    for masked, full in ((a, b), (b, a)):
+        if masked.endswith("...") and len(masked) > 3 and full.startswith(masked[:-3]):
+            return True
+    return False
 
 
 def parse_timestamp(value: Any) -> float | None:

@@ -25,6 +25,7 @@ import nbformat
 from nbconvert import MarkdownExporter
 from traitlets.config import Config
 
+from gp_lib.checks import FAIL, INCONCLUSIVE, status_of
 from gp_lib.notebook import BADGES, SECTION_TITLES, SECTIONS, VERSIONED, markdown_table, package_version
 from gp_lib.redact import redact, redact_value
 
@@ -194,20 +195,25 @@ def summary_json(summary: Mapping[str, Any]) -> str:
 
 
 def junit_xml(summary: Mapping[str, Any], seconds: Mapping[str, float]) -> str:
-    """One testsuite per scenario, one testcase per check; a scenario that could not run adds an error."""
-    suites = ET.Element("testsuites", name="golden-path", tests="0", failures="0", errors="0")
-    totals = {"tests": 0, "failures": 0, "errors": 0}
+    """One testsuite per scenario, one testcase per check (an inconclusive one skipped, with its reason);
+    a scenario that could not run adds an error."""
+    suites = ET.Element("testsuites", name="golden-path", tests="0", failures="0", errors="0", skipped="0")
+    totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     for scenario, entry in summary["scenarios"].items():
         suite = ET.SubElement(suites, "testsuite", name=_xml(scenario), time=f"{seconds.get(scenario, 0.0):.3f}")
-        counts = {"tests": 0, "failures": 0, "errors": 0}
+        counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
         for check in entry["checks"]:
             name = check["name"] + (f" [{check['arm']}]" if check.get("arm") else "")
             case = ET.SubElement(suite, "testcase", classname=_xml(scenario), name=_xml(name))
             counts["tests"] += 1
-            if not check["passed"]:
+            status = status_of(check)
+            if status == FAIL:
                 counts["failures"] += 1
                 failure = ET.SubElement(case, "failure", message=_xml(check["evidence"]), type="check")
                 failure.text = _xml(check["evidence"])
+            elif status == INCONCLUSIVE:  # could not be decided on this target: neither pass nor failure
+                counts["skipped"] += 1
+                ET.SubElement(case, "skipped", message=_xml("inconclusive: " + check["evidence"]))
         if entry.get("error"):
             case = ET.SubElement(suite, "testcase", classname=_xml(scenario), name="run")
             counts["tests"] += 1

@@ -52,7 +52,7 @@ CLIENT_OUTCOMES = frozenset({"client_error"})
 #: Characters kept of each server-chosen text field in a table row; longer text is cut with a marker
 #: that gives its length (`protocol.cut_text`), so a 1 MB id cannot stall a plot or swell a report.
 MAX_FIELD_CHARS = {"user_id": 200, "run_id": 200, "thread_id": 200, "tool_name": 200, "type": 200,
-                   "close_reason": 300, "error": 1000, "subprotocol": 300, "payload": protocol.MAX_RAW_CHARS}
+                   "close_reason": 300, "error": 1000, "subprotocol": 300, "server_user": 200, "payload": protocol.MAX_RAW_CHARS}
 _CUT_MARKER = re.compile(r"…\[cut: (\d+) characters\]$")
 #: The longest line `load_jsonl` reads (a row holds one frame's evidence and bounded fields; a line
 #: of a trace from elsewhere may be longer, but not without limit).
@@ -63,6 +63,7 @@ ATTEMPT_COLUMNS = (
     "t_open_ms", "t_ready_ms", "t_first_send_ms", "t_close_ms",
     "close_code", "close_reason", "closed_by", "handshake_status", "subprotocol",
     "error_type", "error", "outcome", "frames_sent", "frames_received", "invalid_frames", "auth_transport",
+    "server_user",
 )
 FRAME_COLUMNS = (
     "attempt_id", "t_ms", "direction", "type", "run_id", "user_id", "thread_id", "tool_name", "payload",
@@ -96,13 +97,15 @@ class AttemptRecord:
     frames_received: int = 0
     invalid_frames: int = 0
     auth_transport: str | None = None     # where the token went: header, subprotocol, both, or none
+    server_user: str | None = None        # the user the readiness marker named (a server may mask it or
+                                          # give everyone one demo user): who the server thinks this socket is
     extra: dict[str, Any] = field(default_factory=dict)
     frames: list[dict[str, Any]] = field(default_factory=list)
 
     def row(self) -> dict[str, Any]:
         """The attempts-table row: the fixed columns, then the scenario's extras."""
         values = {name: getattr(self, name) for name in ATTEMPT_COLUMNS}
-        for name in ("user_id", "close_reason", "error", "subprotocol"):
+        for name in ("user_id", "close_reason", "error", "subprotocol", "server_user"):
             values[name] = bounded(name, values[name])
         return {**values, **self.extra}
 

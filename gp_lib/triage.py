@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Sequence
@@ -94,7 +94,7 @@ def verdict(results: Sequence[ScenarioResult]) -> str:
 def overview(results: Sequence[ScenarioResult]) -> list[dict[str, Any]]:
     """One row per scenario: its verdict and the checks that failed, with their evidence."""
     return [{"scenario": r.scenario, "verdict": r.verdict,
-             "failed checks": "; ".join(f"{c.name}: {c.evidence}" for c in r.checks if not c.passed)
+             "failed checks": "; ".join(f"{c.name}: {c.evidence}" for c in r.checks if c.failed)
              or (r.error or "none")} for r in results]
 
 
@@ -238,7 +238,7 @@ def as_one_result(params: TriageParams, results: Sequence[ScenarioResult]) -> Si
     """The pass in the shape of one ScenarioResult (scenario "triage", checks and metrics named
     `<scenario>.<name>`), so that the scenario notebooks' display and scrap helpers serve it too."""
     def renamed(scenario: str, checks: Sequence[Check]) -> list[Check]:
-        return [Check(f"{scenario}.{c.name}", c.passed, c.evidence, c.arm) for c in checks]
+        return [replace(c, name=f"{scenario}.{c.name}") for c in checks]
 
     arm_checks: dict[str, list[Check]] = {}
     for result in results:

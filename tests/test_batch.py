@@ -391,6 +391,39 @@ def test_live_mode_against_a_healthy_server_exits_0(tmp_path):
     assert summary["mode"] == "live" and summary["target"] == server.url and summary["diagnosis"] == []
 
 
+@pytest.mark.notebook
+@pytest.mark.timeout(900)
+def test_a_healthy_server_whose_marker_has_no_connection_id_passes_with_the_undecidable_checks_listed(tmp_path):
+    with running_server(dialect="system_message", secret=KNOWN_SECRET) as server:
+        done = gp_report(tmp_path / "out", "--target", server.url, "--scenario", "factory_initialization",
+                         env={"JWT_SECRET_KEY": KNOWN_SECRET})
+    assert done.returncode == 0, done.stderr
+    entry = summary_of(tmp_path / "out")["scenarios"]["factory_initialization"]
+    statuses = {c["name"]: c["status"] for c in entry["checks"]}
+    assert entry["verdict"] == "pass" and statuses["unique_connection_ids"] == "inconclusive"
+    assert "fail" not in statuses.values() and entry["dialect"]["live"]["dialect"] == "detected"
+    report = (tmp_path / "out" / batch.REGISTRY["factory_initialization"].report).read_text()
+    assert report.startswith("# Factory initialization: PASS")
+    assert "1 inconclusive on this target (unique_connection_ids)" in report
+    assert re.search(r"^\| unique_connection_ids \| live \| INCONCLUSIVE \| .*no readiness marker carried a "
+                     r"connection id", report, flags=re.M)
+    assert "without a connection id" in report  # the environment says which dialect was detected
+
+
+@pytest.mark.notebook
+@pytest.mark.timeout(900)
+def test_a_server_that_does_not_check_tokens_fails_the_run_with_the_security_finding_first(tmp_path):
+    with running_server(dialect="netra_demo", secret=KNOWN_SECRET) as server:
+        done = gp_report(tmp_path / "out", "--target", server.url, "--scenario", "race_conditions",
+                         env={"JWT_SECRET_KEY": KNOWN_SECRET})
+    summary = summary_of(tmp_path / "out")
+    assert done.returncode == 1, done.stderr
+    assert summary["scenarios"]["race_conditions"]["verdict"] == "pass" and summary["verdict"] == "fail"
+    assert summary["diagnosis"][0]["root_cause"] == "authentication_not_enforced"
+    report = (tmp_path / "out" / batch.REGISTRY["race_conditions"].report).read_text()
+    assert "authentication_not_enforced" in report and "netra" in report
+
+
 @pytest.fixture(scope="module")
 def missing_events_run(tmp_path_factory):
     """A live run against a server whose agent runs skip the tool events, with known secrets in the environment."""

@@ -1,6 +1,7 @@
 """Checks and verdicts: evidence in numbers, nothing to judge is never a pass, failures listed first."""
 
-from gp_lib.checks import Check, checks_table, none_check, overall_verdict, ratio_check, reference_checks, verdict
+from gp_lib.checks import (Check, checks_table, inconclusive, none_check, overall_verdict, ratio_check, reference_checks,
+                           status_of, verdict)
 
 
 def test_ratio_check_passes_at_the_threshold_and_says_so():
@@ -28,17 +29,35 @@ def test_reference_checks_need_the_faulty_arm_to_fail_and_tag_the_fixed_arm():
     reproduced = reference_checks([failing], [passing])
     assert [c.to_dict() for c in reproduced] == [
         {"name": "issue_reproduced", "passed": True, "evidence": "faulty arm failed no_1011_closes: 3 of 5",
-         "arm": "faulty"},
-        {"name": "no_1011_closes", "passed": True, "evidence": "0 of 5", "arm": "fixed"}]
+         "status": "pass", "arm": "faulty"},
+        {"name": "no_1011_closes", "passed": True, "evidence": "0 of 5", "status": "pass", "arm": "fixed"}]
     assert verdict(reproduced) == "pass"
     not_reproduced = reference_checks([passing], [passing])
     assert not not_reproduced[0].passed and verdict(not_reproduced) == "fail"
 
 
-def test_checks_table_lists_failures_first_in_their_order():
-    table = checks_table([Check("a", True, "x"), Check("b", False, "y", arm="fixed"), Check("c", False, "z")])
-    assert table["check"].tolist() == ["b", "c", "a"]
-    assert table["arm"].tolist() == ["fixed", "live", "live"] and table["result"].tolist() == ["FAIL", "FAIL", "PASS"]
+def test_an_inconclusive_check_counts_neither_way_and_says_why():
+    undecided = inconclusive("unique_connection_ids", "the readiness marker carries no connection id")
+    assert undecided.status == "inconclusive" and not undecided.failed
+    assert undecided.to_dict() == {"name": "unique_connection_ids", "passed": None, "status": "inconclusive",
+                                   "evidence": "the readiness marker carries no connection id"}
+    assert status_of(undecided.to_dict()) == "inconclusive"
+    assert status_of({"name": "old", "passed": False}) == "fail"  # summaries written before `status`
+    passing, failing = Check("no_1011_closes", True, "0 of 5"), Check("no_1011_closes", False, "3 of 5")
+    assert verdict([passing, undecided]) == "pass"
+    assert verdict([failing, undecided]) == "fail"
+    assert verdict([undecided]) == "error"  # nothing could be decided: nothing was tested
+    # an inconclusive faulty-arm check does not count as the issue reproduced
+    assert not reference_checks([undecided], [passing])[0].passed
+    assert reference_checks([passing], [undecided])[1].inconclusive
+
+
+def test_checks_table_lists_failures_first_then_inconclusive_in_their_order():
+    table = checks_table([Check("a", True, "x"), Check("b", False, "y", arm="fixed"), inconclusive("d", "why"),
+                          Check("c", False, "z")])
+    assert table["check"].tolist() == ["b", "c", "d", "a"]
+    assert table["arm"].tolist() == ["fixed", "live", "live", "live"]
+    assert table["result"].tolist() == ["FAIL", "FAIL", "INCONCLUSIVE", "PASS"]
     assert checks_table([]).columns.tolist() == ["check", "arm", "result", "evidence"]
 
 

@@ -421,7 +421,7 @@ def test_findings_round_trip_and_table():
     table = findings_table([finding])
     assert table.to_dict(orient="records") == [{"rank": 1, "root cause": "race_conditions", "confidence": 0.88,
                                                 "strongest evidence": "1011 before readiness in 3 of 3"}]
-    assert diagnosis.ROOT_CAUSES[-3:] == ("authentication", "unreachable", "unknown")
+    assert diagnosis.ROOT_CAUSES[-4:] == ("authentication", "unreachable", "unknown", "authentication_not_enforced")
 
 
 @pytest.mark.parametrize("refusal", [dict(code=1003, by="server", close=8.0, outcome="closed_other"),

@@ -42,6 +42,24 @@ FAULTS = {
     "events_omit_tools": ({"events": "omit_tools"}, "mixed", "missing_events", "tool_executing missing in"),
     "events_out_of_order": ({"events": "out_of_order"}, "iso", "missing_events", "out of order"),
     "events_misroute": ({"events": "misroute"}, "connection_ready", "missing_events", "cross-user delivery"),
+    # markers without a connection id: the factory's undecidable check must not hide or fake the cause
+    "factory_system_message": ({"factory": "config"}, "system_message", "factory_initialization",
+                               "independent of send timing"),
+    "events_handshake": ({"events": "omit_tools"}, "handshake", "missing_events", "tool_executing missing in"),
+}
+DOWN = {"services_down": ["agent_supervisor"]}
+#: The real backend's failure modes as a client sees them (docs/protocol.md section 10), in its dialect.
+NETRA_FAULTS = {
+    "race": ({"race": True}, "netra", "race_conditions", "that sent before the readiness marker, 0 of"),
+    "factory": ({"factory": "config"}, "netra", "factory_initialization",
+                "error_type FactoryInitializationError"),
+    "not_ready_403": ({"dependencies": "close", **DOWN}, "netra", "service_dependencies",
+                      "HTTP 403 x"),
+    "not_ready_stall_500": ({"dependencies": "close", **DOWN}, "netra,not_ready=stall_http_500,stall_s=0.2",
+                            "service_dependencies", "HTTP 500 x"),
+    "loop_crash": ({"events": "loop_crash"}, "netra", "missing_events",
+                   "messages unanswered: "),
+    "events_omit_tools": ({"events": "omit_tools"}, "netra", "missing_events", "tool_executing missing in"),
 }
 
 
@@ -69,6 +87,28 @@ async def test_each_fault_alone_is_diagnosed_first(case, monkeypatch, tmp_path):
     for other in failed - {cause}:  # a scenario that failed because of the fault is ruled out, with its reason
         assert "(so its failing checks" in evidence(findings[0])
         assert any(s.startswith(("race ruled out", f"{other} ruled out")) for s in findings[0].evidence)
+
+
+@pytest.mark.parametrize("case", list(NETRA_FAULTS))
+async def test_each_failure_mode_of_the_real_backend_gets_its_cause(case, monkeypatch, tmp_path):
+    faults, dialect, cause, fragment = NETRA_FAULTS[case]
+    with running_server(faults, dialect) as server:
+        results, findings = await quick_pass(server.url, server.secret, monkeypatch, tmp_path)
+    assert findings and findings[0].root_cause == cause, [f.to_dict() for f in findings]
+    assert fragment in evidence(findings[0]), evidence(findings[0])
+    assert {r.dialect["live"]["dialect"] for r in results} <= {"netra", "default (assumed)"}
+    assert diagnosis.UNREACHABLE not in [f.root_cause for f in findings]
+    assert diagnosis.AUTHENTICATION not in [f.root_cause for f in findings]
+
+
+async def test_a_server_that_does_not_check_tokens_is_a_security_finding_first(monkeypatch, tmp_path):
+    with running_server({"events": "omit_tools"}, "netra_demo") as server:
+        results, findings = await quick_pass(server.url, server.secret, monkeypatch, tmp_path)
+    assert [f.root_cause for f in findings][:2] == [diagnosis.AUTH_NOT_ENFORCED, "missing_events"]
+    assert ("12 of 12 connections that must be refused reached readiness (a token signed with another secret, "
+            "an expired token, no token at all); the server named them 'demo-use...'") in findings[0].evidence[0]
+    accepted = results[0].dialect["live"]["auth_probes_accepted"]
+    assert accepted == ["a token signed with another secret", "an expired token", "no token at all"]
 
 
 async def test_no_fault_gives_an_empty_diagnosis(monkeypatch, tmp_path):

@@ -143,6 +143,19 @@ def test_check_changes_name_each_kind_of_change():
     assert changes.loc["breaks", "evidence b"] == "breaks broken"
 
 
+def test_inconclusive_checks_are_read_compared_and_never_a_pass_or_failure():
+    undecided = {"name": "ids", "passed": None, "status": "inconclusive", "evidence": "no connection id"}
+    a = a_run("a", {"s": {"verdict": "pass", "checks": [undecided, {"name": "ok", "passed": True, "evidence": "x"}],
+                          "metrics": {}}})
+    b = a_run("b", {"s": scenario([("ids", False), ("ok", True)])})
+    changes = history.check_changes(a, b).set_index("check")
+    assert changes.loc["ids", "a"] == "INCONCLUSIVE" and changes.loc["ids", "change"] == "broke"
+    assert history.regressions(a, b) == ["s: verdict pass -> fail",
+                                         "s: ids (live) was inconclusive in a, fails in b: ids broken"]
+    assert history.check_changes(b, a).set_index("check").loc["ids", "change"] == "undecided"
+    assert history._scenario(Path("x"), "s", {"checks": [undecided]})["verdict"] == "error"  # nothing decided
+
+
 def test_metric_changes_give_differences_for_numbers_and_words_for_the_rest():
     a = a_run("a", {"s": scenario([], {"p95": 10, "rate": 0.0, "left": 1, "name": "x", "same": 3})})
     b = a_run("b", {"s": scenario([], {"p95": 12.5, "rate": 0.25, "came": 2, "name": "y", "same": 3})})

@@ -5,7 +5,7 @@ import pandas as pd
 import scrapbook as sb
 
 from gp_lib import notebook as nb
-from gp_lib.checks import Check
+from gp_lib.checks import Check, inconclusive
 from gp_lib.scenarios.common import ScenarioResult
 
 
@@ -40,6 +40,10 @@ def test_live_verdict_lists_failures():
     result = _result("live", checks=[Check("no_1011_closes", False, "7 of 10"), Check("success_rate", True, "ok")])
     text = nb.verdict_markdown(result, headline=("closed_1011",))
     assert "**Verdict: FAIL**" in text and "1 of 2 checks failed (no_1011_closes)" in text
+    undecided = _result("live", checks=[Check("success_rate", True, "ok"), inconclusive("unique_connection_ids", "no id")])
+    text = nb.verdict_markdown(undecided)
+    assert "**Verdict: PASS**" in text and "all 1 decided checks passed; 1 inconclusive on this target " \
+        "(unique_connection_ids)" in text
 
 
 def test_error_verdict_says_why():

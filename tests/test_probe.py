@@ -109,3 +109,19 @@ def test_frame_times_count_from_the_upgrade():
     close = {"t_ms": 7.0, "direction": "mark", "type": "close",
              "payload": '{"code": 1011, "reason": "x", "by": "server"}'}
     assert frame_line(close, t_open_ms=None).endswith("close                    closed 1011 'x' by server")
+
+
+def test_against_the_real_backends_dialect_the_selected_scheme_is_offered_and_a_crashed_loop_exits_1(
+        capsys, monkeypatch):
+    """The real backend answers a jwt.<token> offer with a bare jwt-auth (a strict client then fails its own
+    handshake) and, when its message loop dies, closes 1000 'main cleanup' without answering."""
+    with running_server({"events": "loop_crash", "setup_ms": 1}, "netra") as netra:
+        code, out, _ = probe(capsys, monkeypatch, netra.secret, netra.url, "--send", PING)
+    assert "the server selected the subprotocol 'jwt-auth', which was not offered" in out
+    assert "subprotocol accepted: jwt-auth" in out and "<- connection_established" in out
+    assert "close:        1000 (normal) 'main cleanup' by server" in out
+    assert "unanswered:   the server closed the socket after 1 message without answering any" in out
+    assert code == 1 and "outcome:      closed_other (abnormal)" in out
+    with running_server({"setup_ms": 1}, "netra") as netra:
+        code, out, _ = probe(capsys, monkeypatch, netra.secret, netra.url, "--dialect", "netra", "--send", PING)
+    assert code == 0 and "which was not offered" not in out and "<- pong" in out

@@ -200,6 +200,17 @@ def test_junit_has_a_testcase_per_check_with_failures_and_errors():
     assert root.find("testsuite").get("time") == "1.500"
 
 
+def test_junit_skips_an_inconclusive_check_with_its_reason():
+    summary = {"scenarios": {"factory_initialization": {"verdict": "pass", "report": "F.md", "checks": [
+        {"name": "unique_connection_ids", "passed": None, "status": "inconclusive",
+         "evidence": "the readiness marker carries no connection id"},
+        {"name": "no_factory_closes", "passed": True, "status": "pass", "evidence": "0 of 8"}]}}}
+    root = ET.fromstring(junit_xml(summary, {}))
+    assert (root.get("tests"), root.get("failures"), root.get("skipped")) == ("2", "0", "1")
+    skipped = root.find(".//testcase[@name='unique_connection_ids']/skipped")
+    assert skipped.get("message") == "inconclusive: the readiness marker carries no connection id"
+
+
 def test_junit_holds_what_a_target_sent_that_xml_cannot():
     """Evidence quotes the target (tool names, close reasons, errors): control characters must not break the file."""
     garbage = {"scenarios": {"missing_events": {

@@ -16,7 +16,7 @@ run), `server` (the WebSocket server), `admin` (fault and auth HTTP API),
 `process` (the server as a subprocess), `__main__` (the command line).
 """
 
-from gp_lib.refserver.dialect import PRESETS as DIALECT_PRESETS, Dialect
+from gp_lib.dialects import PRESETS as DIALECT_PRESETS, Dialect
 from gp_lib.refserver.factory import (ConnectionManager, ConnectionManagerFactory, FactoryInitializationError,
                                    validate_config)
 from gp_lib.refserver.faults import FAULT_MODES, FAULT_NAMES, Faults, parse_fault_spec

@@ -32,7 +32,7 @@ from typing import Any
 from gp_lib.auth import AuthError, secret_from_env
 from gp_lib.redact import redact, register_secret
 from gp_lib.refserver.admin import AdminServer
-from gp_lib.refserver.dialect import PRESETS, Dialect
+from gp_lib.dialects import PRESETS, Dialect
 from gp_lib.refserver.faults import FAULT_MODES, Faults
 from gp_lib.refserver.server import ReferenceServer
 

@@ -13,8 +13,10 @@ show both the issue and its fix. Switches are independent and combinable:
 - `factory` (`config`): the connection-manager factory gets an invalid
   configuration (`factory_config` merged onto the valid one), so every
   connection closes 1011 "Factory initialization failed" before readiness.
-- `events` (`omit_tools`, `out_of_order` or `misroute`): agent runs skip the
-  tool events, send them out of order, or send them to another user.
+- `events` (`omit_tools`, `out_of_order`, `misroute` or `loop_crash`): agent
+  runs skip the tool events, send them out of order, or send them to another
+  user; or the message loop dies on every message, which is never answered,
+  and the socket closes 1000 (the real backend's "main cleanup").
 
 `Faults` is plain data: it round-trips through JSON (the admin API and the
 `--faults-json` option speak it), and every constructor validates, raising
@@ -35,7 +37,7 @@ FAULT_MODES: dict[str, tuple[str, ...]] = {
     "race": ("on",),
     "dependencies": ("silent", "close"),
     "factory": ("config",),
-    "events": ("omit_tools", "out_of_order", "misroute"),
+    "events": ("omit_tools", "out_of_order", "misroute", "loop_crash"),
 }
 DEFAULT_FACTORY_FAULT_CONFIG: dict[str, Any] = {"max_connections": -1}
 MAX_DELAY_MS = 60_000.0
@@ -49,7 +51,7 @@ class Faults:
         race: handle messages that arrive before setup finished, and fail (1011).
         dependencies: None, "silent" or "close": how a missing service fails.
         factory: None or "config": the factory gets `factory_config`.
-        events: None, "omit_tools", "out_of_order" or "misroute".
+        events: None, "omit_tools", "out_of_order", "misroute" or "loop_crash".
         setup_ms: per-connection setup time.
         setup_ms_per_concurrent: added for each other connection in setup at that moment.
         agent_step_ms: delay between two agent events.

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from gp_lib.redact import redact, register_secret
-from gp_lib.refserver.dialect import Dialect
+from gp_lib.dialects import Dialect
 from gp_lib.refserver.faults import Faults
 
 ADMIN_TIMEOUT_S = 5.0
@@ -68,6 +68,7 @@ class ServerHandle:
     admin_port: int
     secret: str = field(repr=False)
     process: subprocess.Popen = field(repr=False)
+    dialect: Dialect = field(default_factory=Dialect)
 
     # -- admin API ------------------------------------------------------------------------
 
@@ -178,7 +179,7 @@ def running_server(
                 url=f"ws://{address}:{line['ws_port']}/ws", http_url=f"http://{address}:{line['ws_port']}",
                 admin_url=f"http://127.0.0.1:{line['admin_port']}", auth_url=f"http://127.0.0.1:{line['admin_port']}",
                 pid=int(line["pid"]), ws_port=int(line["ws_port"]), admin_port=int(line["admin_port"]),
-                secret=secret, process=process)
+                secret=secret, process=process, dialect=dialect)
             yield handle
         finally:
             _stop(process, STOP_TIMEOUT_S)

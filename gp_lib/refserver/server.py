@@ -29,7 +29,6 @@ import asyncio
 import http
 import json
 import logging
-import time
 import uuid
 import weakref
 from collections import Counter
@@ -46,7 +45,7 @@ from gp_lib.auth import TokenError, mint_token, token_from_offer, verify_token
 from gp_lib.protocol import (AGENT_REQUEST_ALIASES, HANDSHAKE_ACK, INTERNAL_ERROR, INVALID_TYPE, POLICY_VIOLATION,
                              SERVICES, decode, field as read_field)
 from gp_lib.refserver.agent import UNAVAILABLE_TEXT, RunBook, run_agent, run_fallback, run_stalled
-from gp_lib.refserver.dialect import Dialect
+from gp_lib.dialects import Dialect
 from gp_lib.refserver.factory import ConnectionManager, ConnectionManagerFactory, FactoryInitializationError
 from gp_lib.refserver.faults import Faults
 
@@ -191,12 +190,20 @@ class ReferenceServer:
         components = {"factory": {"status": "error" if errors else "ok", "errors": errors},
                       "connection_manager": {"status": "ok", "open_connections": len(self._connections)},
                       **{name: {"status": state} for name, state in services.items()}}
-        return {"status": status, "components": components,
-                "service_availability": {"critical_services": services, "unavailable": down}}
+        body = {"status": status, **self.dialect.health_data, "components": components,
+                "service_availability": {"allow_websocket_connections": not (down and self._refuses_when_down()),
+                                         "critical_services": services, "unavailable": down}}
+        if errors:
+            body["error"] = "; ".join(errors)
+        return body
+
+    def _refuses_when_down(self) -> bool:
+        """Whether a missing service makes this server refuse upgrades (a dialect's `not_ready`)."""
+        return self.faults.dependencies == "close" and self.dialect.not_ready != "close"
 
     # -- the HTTP upgrade ------------------------------------------------------------------------
 
-    def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
         if path in ("/health", "/ws/health") and self.dialect.http_routes:
             if path == "/health":
@@ -206,6 +213,12 @@ class ReferenceServer:
             return _json_response(ws, status, body)
         if path != WS_PATH:
             return _json_response(ws, http.HTTPStatus.NOT_FOUND, {"error": f"no route {path}"})
+        refusal = await self._refusal(ws, request)
+        if refusal is not None:
+            return refusal
+        if not self.dialect.auth_enforced:  # a demo mode: any token or none, everyone the same user
+            self._auth[ws] = _Auth(self.dialect.demo_user, self._find_token(request)[1])
+            return None
         token, offer = self._find_token(request)
         if token is None:
             where = ("a jwt./jwt-auth./bearer. subprotocol offer (the Authorization header is not read here)"
@@ -222,6 +235,19 @@ class ReferenceServer:
         self._auth[ws] = _Auth(str(claims["sub"]), offer)
         return None
 
+    async def _refusal(self, ws: ServerConnection, request: Request) -> Response | None:
+        """An upgrade refused before authentication: unsupported offers, or services down (per dialect)."""
+        offers = [o.strip() for v in request.headers.get_all("Sec-WebSocket-Protocol") for o in v.split(",") if o.strip()]
+        if offers and self.dialect.unknown_offers == "refuse" and not any(_scheme(o) for o in offers):
+            return _json_response(ws, http.HTTPStatus.FORBIDDEN, {"error": "No supported subprotocols"})
+        if not (self._refuses_when_down() and self.faults.services_down):
+            return None
+        reason = f"Service not ready: {', '.join(self.faults.services_down)}"
+        if self.dialect.not_ready == "stall_http_500":  # a readiness guard that queues, then gives up
+            await asyncio.sleep(self.dialect.stall_s)
+            return _json_response(ws, http.HTTPStatus.INTERNAL_SERVER_ERROR, {"error": reason})
+        return _json_response(ws, http.HTTPStatus.FORBIDDEN, {"error": reason})
+
     def _find_token(self, request: Request) -> tuple[str | None, str | None]:
         """`(token, offer)`: from the first subprotocol offer that carries one, else the header."""
         for value in request.headers.get_all("Sec-WebSocket-Protocol"):
@@ -236,11 +262,14 @@ class ReferenceServer:
         return None, None
 
     def _select_subprotocol(self, ws: ServerConnection, subprotocols: Any) -> str | None:
-        """Echo the offer that carried the token; accept no other subprotocol."""
+        """Echo the offer that carried the token, or (dialect `offer_echo: scheme`) its scheme alone,
+        whether or not the client offered that; accept no other subprotocol."""
         auth = self._auth.get(ws)
-        if auth is not None and auth.offer in subprotocols:
-            return auth.offer
-        return None
+        if auth is None or auth.offer is None:
+            return None
+        if self.dialect.offer_echo == "scheme":
+            return _scheme(auth.offer)
+        return auth.offer if auth.offer in subprotocols else None
 
     # -- one connection ------------------------------------------------------------------------------
 
@@ -280,13 +309,13 @@ class ReferenceServer:
         if kind == INVALID_TYPE:
             await self._send(conn, self.dialect.error(f"Invalid message: {message.problem}", "INVALID_MESSAGE",
                                                       suggestions=("Send a JSON object with a string type.",)))
-        elif kind == "system_health_check":
+        elif kind == "system_health_check" and self.dialect.health_check:
             await self._send(conn, self._system_status())
         elif not conn.ready and kind == HANDSHAKE_ACK and conn.ack is not None and not conn.ack.done():
             conn.ack.set_result(message)
         elif not conn.ready and self.faults.race:
             logger.warning("race fault: %s from %s handled before setup finished", kind, conn.user_id)
-            await self._close(conn, INTERNAL_ERROR, RACE_REASON)
+            await self._fail(conn, RACE_REASON, "RuntimeError")
         elif conn.inbox.qsize() >= MAX_QUEUED:
             await self._close(conn, POLICY_VIOLATION, "too many queued messages")
         else:
@@ -319,26 +348,19 @@ class ReferenceServer:
             conn.manager = self.factory().create_manager(conn.user_id)
         except FactoryInitializationError as exc:
             logger.warning("factory fault: %s", exc)
-            await self._close(conn, INTERNAL_ERROR, FACTORY_REASON)
+            await self._fail(conn, FACTORY_REASON, type(exc).__name__)
             return False
-        ids = {"connection_id": conn.manager.connection_id, "user_id": conn.user_id}
-        ready = self.dialect.ready
-        if ready == "handshake":
+        extra: dict[str, Any] = {}
+        if self.dialect.ready == "handshake":
             conn.ack = asyncio.get_running_loop().create_future()
-            thread_id, run_id = f"thread_{uuid.uuid4().hex[:16]}", f"run_{uuid.uuid4().hex[:16]}"
-            await self._send(conn, self.dialect.message("handshake_response", thread_id=thread_id, run_id=run_id,
-                                                        connection_id=conn.manager.connection_id))
+            extra = {"thread_id": f"thread_{uuid.uuid4().hex[:16]}", "run_id": f"run_{uuid.uuid4().hex[:16]}"}
+            await self._send(conn, self.dialect.message("handshake_response", **extra))
             try:
                 await asyncio.wait_for(conn.ack, self.dialect.handshake_timeout_s)
             except TimeoutError:
                 await self._close(conn, POLICY_VIOLATION, HANDSHAKE_REASON)
                 return False
-            marker = self.dialect.message("handshake_complete", **ids, thread_id=thread_id, run_id=run_id)
-        elif ready == "system_message":
-            marker = self.dialect.message("system_message", event="connection_established", connection_ready=True,
-                                          **ids, server_time=time.time())
-        else:
-            marker = self.dialect.message(ready, **ids, server_time=time.time())
+        marker = self.dialect.ready_marker(conn.manager.connection_id, conn.user_id, **extra)
         conn.ready = True
         self._ready_total += 1
         await self._send(conn, marker)
@@ -353,14 +375,17 @@ class ReferenceServer:
 
     async def _dispatch(self, conn: _Connection, message: dict[str, Any]) -> None:
         kind = message["type"]
-        if kind == "ping":
+        if self.faults.events == "loop_crash":  # the message loop dies on the message: a normal close, no answer
+            logger.warning("loop_crash fault: %s from %s left unanswered", kind, conn.user_id)
+            await self._close(conn, 1000, self.dialect.crash_reason)
+        elif kind == "ping":
             echo = read_field(message, "timestamp")
             await self._send(conn, self.dialect.message("pong", **({"client_timestamp": echo} if echo else {})))
         elif kind in AGENT_REQUEST_ALIASES:
             await self._agent_request(conn, message)
-        elif kind == "message":
+        elif kind == "message" and self.dialect.message_received:
             await self._agent_request(conn, message, received=True)
-        elif kind == "status_request":
+        elif kind == "status_request" and self.dialect.status_request:
             status = self.runs.status(read_field(message, "thread_id"), conn.user_id)
             await self._send(conn, self.dialect.message("status_update", **status))
         elif kind == "heartbeat":
@@ -380,7 +405,7 @@ class ReferenceServer:
                 return
             await self._send(conn, self.dialect.message("message_received", thread_id=thread_id,
                                                         message_id=f"msg_{uuid.uuid4().hex[:16]}"))
-        needs = RUN_NEEDS + (("llm_service",) if _flag(message, "require_llm") else ())
+        needs = RUN_NEEDS + (("llm_service",) if self.dialect.test_flags and _flag(message, "require_llm") else ())
         missing = self._missing(message, needs)
         if missing and faults.dependencies == "close":
             await self._unavailable(conn, missing, thread_id=thread_id)
@@ -400,7 +425,7 @@ class ReferenceServer:
 
     def _missing(self, message: dict[str, Any], needs: tuple[str, ...]) -> list[str]:
         down = set(self.faults.services_down)
-        if _flag(message, "simulate_agent_unavailable"):
+        if self.dialect.test_flags and _flag(message, "simulate_agent_unavailable"):
             down.add("agent_supervisor")
         return [name for name in SERVICES if name in needs and name in down]
 
@@ -442,6 +467,16 @@ class ReferenceServer:
         except ConnectionClosed:
             pass
 
+    async def _fail(self, conn: _Connection, reason: str, error_type: str) -> None:
+        """A failure during setup, as the dialect shows it: close 1011 naming the cause, or an error frame
+        with the exception's type and then 1011 "<mode> mode error" (the real backend's main mode)."""
+        if self.dialect.failure == "reason":
+            await self._close(conn, INTERNAL_ERROR, reason)
+            return
+        await self._send(conn, self.dialect.error(f"Connection error in {self.dialect.mode} mode", "CONNECTION_ERROR",
+                                                  error_type=error_type, mode=self.dialect.mode))
+        await self._close(conn, INTERNAL_ERROR, self.dialect.mode_error_reason())
+
     async def _close(self, conn: _Connection, code: int, reason: str) -> None:
         if conn.close_code is None:
             conn.close_code = code
@@ -455,6 +490,14 @@ class ReferenceServer:
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _scheme(offer: str) -> str | None:
+    """`jwt-auth` or `bearer`: what a server that answers with the scheme selects for an offer."""
+    lowered = offer.lower()
+    if lowered.startswith("bearer"):
+        return "bearer"
+    return "jwt-auth" if lowered.startswith(("jwt.", "jwt-auth")) or lowered == "jwt" else None
 
 
 def _flag(message: dict[str, Any], name: str) -> bool:

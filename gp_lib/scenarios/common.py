@@ -34,7 +34,8 @@ from gp_lib import auth
 from gp_lib.checks import Check, reference_checks, verdict
 from gp_lib.client import TracedConnection
 from gp_lib.redact import is_secret_name, redact, register_secret
-from gp_lib.refserver.dialect import Dialect
+from gp_lib.dialects import Dialect
+from gp_lib.discovery import Discovery, discover, summary as discovery_summary
 from gp_lib.trace import CLIENT_OUTCOMES, UNREACHABLE_OUTCOMES, AttemptRecord, concat, save_jsonl, to_tables
 
 ENVS = ("local", "staging")
@@ -63,7 +64,8 @@ class CommonParams:
     ready_timeout_s: float = 10.0          # deadline for the readiness marker
     receive_timeout_s: float = 10.0        # deadline for an awaited answer
     max_concurrency: int = 50              # ceiling on simultaneous connections
-    dialect: str = "default"               # reference server dialect (reference mode only)
+    dialect: Any = "auto"                  # what the target speaks: auto (detected; the reference server's default),
+                                           # a preset (netra, flat, ...), `preset,key=value`, or a mapping
     out_dir: str = "."                     # where traces and figures are written
 
     def validate(self) -> None:
@@ -83,8 +85,10 @@ class CommonParams:
             if not ENV_NAME.fullmatch(str(getattr(self, name))):  # never echo it: it may be a pasted secret
                 raise ParameterError(f"{name} must be the NAME of an environment variable (letters, digits, "
                                      f"underscores), not the secret itself; its value was not shown")
+        if not isinstance(self.dialect, (str, Mapping)):
+            raise ParameterError(f"dialect must be a preset name, key=value text or a mapping, not {self.dialect!r}")
         try:
-            Dialect.parse(self.dialect)
+            self.chosen_dialect()
         except ValueError as exc:
             raise ParameterError(f"dialect: {exc}") from None
         for f in dataclasses.fields(self):
@@ -126,6 +130,11 @@ class CommonParams:
     def mode(self) -> str:
         return "live" if self.target_url else "reference"
 
+    def chosen_dialect(self) -> Dialect | None:
+        """The dialect the parameter forces, or None for `auto` (detected live, the default for the
+        reference server)."""
+        return None if self.dialect in ("auto", "", None) else Dialect.parse(self.dialect)
+
     def public(self) -> dict[str, Any]:
         """The parameters as a dict safe to show: secret-looking values redacted."""
         return {k: ("<redacted>" if is_secret_name(k) and v else v) for k, v in dataclasses.asdict(self).items()}
@@ -143,7 +152,7 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParameterError(f"{name} must be a number, not {value!r}")
         return type(default)(value) if isinstance(default, float) else value
-    if isinstance(default, str) and not isinstance(value, str):
+    if isinstance(default, str) and not isinstance(value, str) and name != "dialect":
         raise ParameterError(f"{name} must be text, not {value!r}")
     return value
 
@@ -167,6 +176,11 @@ class Credentials:
         elif secret is None:
             self._secret = auth.secret_from_env(params.jwt_secret_env)
 
+    @property
+    def secret(self) -> str | None:
+        """The signing secret, when tokens are minted here (not fetched from an auth service)."""
+        return self._secret
+
     async def token_for(self, user_id: str) -> tuple[str, str]:
         """`(token, user_id)`; staging may give another user id than asked for.
 
@@ -188,6 +202,7 @@ class Target:
     credentials: Credentials
     server: Any = None                    # gp_lib.refserver.ServerHandle in reference mode
     progress: Callable[..., Any] | None = None
+    dialect: Dialect = field(default_factory=Dialect)   # what the target speaks (gp_lib.discovery)
     _counter: int = 0
 
     def next_id(self) -> str:
@@ -195,15 +210,20 @@ class Target:
         return f"{self.scenario}-{self.arm}-{self._counter:05d}"
 
     async def connection(self, user_id: str, *, condition: str = "", token: str | None = None,
-                         extra: dict[str, Any] | None = None, **options: Any) -> TracedConnection:
-        """A traced connection for `user_id`, labelled and timed from the parameters."""
-        if token is None:
+                         anonymous: bool = False, extra: dict[str, Any] | None = None,
+                         **options: Any) -> TracedConnection:
+        """A traced connection for `user_id` (with no token when `anonymous`), labelled and timed from
+        the parameters, offering what the target's dialect needs."""
+        if anonymous:
+            token = None
+        elif token is None:
             token, user_id = await self.credentials.token_for(user_id)
         p = self.params
         headers = auth.test_mode_headers(user_id, p.env) if p.test_headers else None
         kwargs: dict[str, Any] = dict(attempt_id=self.next_id(), token=token, user_id=user_id,
                                       scenario=self.scenario, arm=self.arm, condition=condition,
                                       auth_transport=p.auth_transport, extra_headers=headers,
+                                      extra_offers=self.dialect.offers(),
                                       open_timeout_s=p.open_timeout_s, ready_timeout_s=p.ready_timeout_s,
                                       extra=extra)
         url = options.pop("url", self.url)  # another process than the arm's server, e.g. a restarted one
@@ -292,6 +312,14 @@ class Observation:
     attempts: pd.DataFrame
     frames: pd.DataFrame
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    discovery: Discovery | None = None     # the introduction and authentication probe (not scenario traffic)
+
+    def evidence(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The attempts and frames a diagnosis reads: the scenario's and the discovery's."""
+        if self.discovery is None or not self.discovery.records:
+            return self.attempts, self.frames
+        attempts, frames = to_tables(self.discovery.records)
+        return concat([self.attempts, attempts]), concat([self.frames, frames])
 
     @classmethod
     def from_records(cls, arm: str, records: Sequence[AttemptRecord],
@@ -342,13 +370,18 @@ class ScenarioResult:
         paths = []
         for arm, observation in self.observations.items():
             path = Path(out_dir) / "traces" / f"{self.scenario}-{arm}.jsonl"
-            paths.append(str(save_jsonl(path, observation.attempts, observation.frames)))
+            paths.append(str(save_jsonl(path, *observation.evidence())))
         return paths
+
+    @property
+    def dialect(self) -> dict[str, Any]:
+        """`{arm: {"dialect", "how", "auth_probes_accepted"}}`: what each arm's target was found to speak."""
+        return {arm: discovery_summary(o.discovery) for arm, o in self.observations.items() if o.discovery}
 
     def summary(self) -> dict[str, Any]:
         """The scenario's entry in summary.json (without the report name)."""
         return {"verdict": self.verdict, "checks": [c.to_dict() for c in self.checks],
-                "metrics": self.metrics, **({"error": self.error} if self.error else {})}
+                "metrics": self.metrics, "dialect": self.dialect, **({"error": self.error} if self.error else {})}
 
 
 class ScenarioModule(Protocol):
@@ -377,11 +410,12 @@ async def run_scenario(module: ScenarioModule, params: CommonParams, *,
     params.validate()
     started = _now()
     observations: dict[str, Observation] = {}
+    forced = params.chosen_dialect()
     if params.target_url:
         credentials = Credentials(params)
         await credentials.token_for("golden-path-preflight")  # a staging auth failure stops the run here
         target = Target(params.target_url, "live", module.NAME, params, credentials, progress=progress)
-        observations["live"] = await module.drive(target)
+        observations["live"] = await _observe(module, target, forced, credentials.secret)
     else:
         from gp_lib.refserver import running_server
 
@@ -390,9 +424,10 @@ async def run_scenario(module: ScenarioModule, params: CommonParams, *,
         credentials = Credentials(dataclasses.replace(params, env="local"), secret=secret)
         for arm in ("faulty", "fixed"):
             faults = module.reference_faults(arm, params)
-            with running_server(faults=faults, dialect=params.dialect, secret=secret) as server:
+            dialect = forced or Dialect()
+            with running_server(faults=faults, dialect=dialect, secret=secret) as server:
                 target = Target(server.url, arm, module.NAME, params, credentials, server=server, progress=progress)
-                observations[arm] = await module.drive(target)
+                observations[arm] = await _observe(module, target, dialect, secret, "the reference server speaks it")
     arm_checks, arm_metrics = {}, {}
     for arm, observation in observations.items():
         arm_checks[arm], arm_metrics[arm] = module.evaluate(observation, params)
@@ -404,6 +439,16 @@ async def run_scenario(module: ScenarioModule, params: CommonParams, *,
     return ScenarioResult(module.NAME, params.mode, params.target_url, params.public(), observations,
                           arm_checks, arm_metrics, checks, metrics, started, _now(),
                           error=unreachable_error(observations))
+
+
+async def _observe(module: ScenarioModule, target: Target, dialect: Dialect | None, secret: str | None,
+                   why: str = "set by the dialect parameter") -> Observation:
+    """Discovery, then the scenario's traffic in the dialect found."""
+    discovery = await discover(target, dialect=dialect, why=why, secret=secret)
+    target.dialect = discovery.dialect
+    observation = await module.drive(target)
+    observation.discovery = discovery
+    return observation
 
 
 def unreachable_error(observations: Mapping[str, Observation]) -> str | None:

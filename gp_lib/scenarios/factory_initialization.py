@@ -41,8 +41,8 @@ from typing import Any, AsyncIterator, Callable
 
 import pandas as pd
 
-from gp_lib import protocol
-from gp_lib.checks import Check
+from gp_lib import events, protocol
+from gp_lib.checks import Check, inconclusive
 from gp_lib.redact import redact_value
 from gp_lib.scenarios.common import (CommonParams, Observation, ParameterError, ScenarioResult, Target,
                                      bounded_gather, elapsed_ms, outcome_counts, run_scenario)
@@ -75,7 +75,7 @@ TEST_PLAN_CONFIGS: tuple[dict[str, Any], ...] = (
     {"websocket_host": "localhost", "websocket_port": 8000, "max_connections": 1000, "auth_required": True},
 )
 VALID_CONFIG = TEST_PLAN_CONFIGS[-1]
-HEALTH_COLUMNS = ("attempt_id", "user_id", "answered", "factory_status", "services", "errors")
+HEALTH_COLUMNS = ("attempt_id", "user_id", "answered", "unknown_type", "factory_status", "services", "errors")
 PROCESS_COLUMNS = ("phase", "faults", "started", "listening_ms", "error")
 AGENT_MESSAGE = "Which of my cloud resources cost the most?"
 
@@ -133,9 +133,9 @@ def reference_faults(arm: str, params: Params) -> dict[str, Any]:
 async def drive(target: Target) -> Observation:
     """Health checks, fresh connections, then restart (reference) or reconnect (live) recovery."""
     p: Params = target.params
-    bar = target.bar(p.health_checks + p.connections, "health checks and fresh connections")
-    health = await bounded_gather([partial(_health_check, target, n) for n in range(p.health_checks)],
-                                  p.max_concurrency, bar)
+    checks = p.health_checks if target.dialect.health_check else 0  # a dialect without it is not asked
+    bar = target.bar(checks + p.connections, "health checks and fresh connections")
+    health = await bounded_gather([partial(_health_check, target, n) for n in range(checks)], p.max_concurrency, bar)
     fresh = await bounded_gather([partial(_fresh_connection, target, n) for n in range(p.connections)],
                                  p.max_concurrency, bar)
     bar.close()
@@ -158,8 +158,8 @@ async def _health_check(target: Target, n: int) -> tuple[AttemptRecord, dict[str
     status = None
     if await conn.open():
         await conn.send({"type": "system_health_check", "timestamp": time.time()}, at_ms=0)
-        answers = await conn.receive_until(lambda m: m["type"] == "system_status", p.receive_timeout_s)
-        status = answers[-1] if answers and answers[-1]["type"] == "system_status" else None
+        answers = await conn.receive_until(_health_answer, p.receive_timeout_s)
+        status = answers[-1] if answers and _health_answer(answers[-1]) else None
         await conn.wait_ready()
     await conn.close()
     record = conn.finish()
@@ -167,8 +167,16 @@ async def _health_check(target: Target, n: int) -> tuple[AttemptRecord, dict[str
     return record, _health_row(record, status)
 
 
+def _health_answer(message: dict[str, Any]) -> bool:
+    """`system_status`, or a sign that the server does not know `system_health_check` (an `ack` of it,
+    an error): either ends the wait."""
+    return message["type"] == "system_status" or protocol.is_error(message) or (
+        message["type"] == "ack" and protocol.field(message, "received_type") == "system_health_check")
+
+
 def _health_row(record: AttemptRecord, status: dict[str, Any] | None) -> dict[str, Any]:
-    status = redact_value(status or {})  # the server's own words go into reports: keep secrets out
+    unknown = bool(status) and status["type"] != "system_status"
+    status = redact_value(status or {}) if not unknown else {}  # the server's own words go into reports
     services = protocol.field(status, "services")
     errors = protocol.field(status, "errors")
     if isinstance(services, dict):
@@ -177,6 +185,7 @@ def _health_row(record: AttemptRecord, status: dict[str, Any] | None) -> dict[st
         errors = "; ".join(str(e) for e in errors)
     factory_status = protocol.field(status, "factory_status")
     return {"attempt_id": record.attempt_id, "user_id": record.user_id, "answered": bool(status),
+            "unknown_type": unknown,
             "factory_status": None if factory_status is None else str(factory_status),
             "services": None if services is None else str(services),
             "errors": None if errors is None else str(errors)}
@@ -187,7 +196,7 @@ async def _fresh_connection(target: Target, n: int) -> AttemptRecord:
     p: Params = target.params
     condition = BATCH[n % 2]
     conn = await target.connection(f"factory-user-{n:03d}", condition=condition, extra=_columns())
-    request = {"type": "agent_request", "agent": "triage", "message": AGENT_MESSAGE}
+    request = target.dialect.agent_request_message(AGENT_MESSAGE, agent="triage")
     if await conn.open():
         if condition == SEND_AT_ONCE:
             sent = await conn.send(request, at_ms=p.early_send_ms)
@@ -313,7 +322,7 @@ async def _server_process(target: Target, faults: Any, port: int) -> AsyncIterat
     process = _Process()
 
     def start() -> None:
-        stack.enter_context(running_server(faults, target.params.dialect, secret=target.server.secret, port=port))
+        stack.enter_context(running_server(faults, target.dialect, secret=target.server.secret, port=port))
         process.listening_ms = round(elapsed_ms(process.started_at), 1)
 
     starting = pool.submit(start)
@@ -449,7 +458,10 @@ def _health_reports_ok(health: pd.DataFrame, health_ok: int, health_errors: int)
     name = "health_reports_ok"
     total = len(health)
     if not total:
-        return Check(name, False, "no health checks were made")
+        return inconclusive(name, "the target's dialect has no system_health_check message: not asked")
+    if _col(health, "unknown_type").astype(object).fillna(False).astype(bool).all():
+        return inconclusive(name, f"the target does not know system_health_check: all {total} were acknowledged "
+                                  "as an unknown type or answered with an error")
     answered = int(_col(health, "answered").fillna(False).astype(bool).sum())
     evidence = f"{health_ok} of {total} system_health_check answers said factory_status 'ok'"
     if answered < total:
@@ -513,7 +525,11 @@ def _unique_ids(batch: pd.DataFrame, ids: pd.Series) -> Check:
     name = "unique_connection_ids"
     total = len(batch)
     if not total:
-        return Check(name, False, "no fresh connections to judge")
+        return inconclusive(name, "no fresh connections to judge")
+    ready = int(_col(batch, "t_ready_ms").notna().sum())
+    if ready and not len(ids):  # PROTOCOL.md section 4 allows markers without one
+        return inconclusive(name, f"{ready} of {total} connections reached readiness, but no readiness marker "
+                                  "carried a connection id")
     distinct = ids.nunique()
     evidence = f"{len(ids)} of {total} connections got a connection id in their readiness marker, {distinct} distinct"
     not_ready = batch[_col(batch, "t_ready_ms").isna()]
@@ -531,16 +547,18 @@ def _messages_seen(ready: pd.DataFrame, frames: pd.DataFrame) -> tuple[int, int]
     if not len(ready) or not len(frames):
         return 0, 0
     owners = dict(zip(ready["attempt_id"], ready["user_id"]))
+    named = dict(zip(ready["attempt_id"], _col(ready, "server_user")))
     received = frames[(frames["direction"] == "received") & frames["attempt_id"].isin(owners)
                       & frames["user_id"].notna()]
-    foreign = received["user_id"] != received["attempt_id"].map(owners)
-    return len(received), int(foreign.sum())
+    foreign = [not events.is_own(user, owners[a], named.get(a)) for a, user in zip(received["attempt_id"],
+                                                                                    received["user_id"])]
+    return len(received), sum(foreign)
 
 
 def _own_messages(batch: pd.DataFrame, ready: pd.DataFrame, tagged: int, foreign: int) -> Check:
     name = "own_messages_only"
     if not tagged:
-        return Check(name, False, f"nothing to judge: {len(ready)} of {len(batch)} connections reached readiness "
+        return inconclusive(name, f"nothing to judge: {len(ready)} of {len(batch)} connections reached readiness "
                                   f"and none received a message carrying a user id")
     return Check(name, foreign == 0, f"{foreign} of {tagged} user-tagged messages on {len(ready)} ready "
                                      f"connections belonged to another user")

@@ -45,15 +45,16 @@ from __future__ import annotations
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
 import pandas as pd
 
 from gp_lib import events, protocol
-from gp_lib.checks import Check, ratio_check
+from gp_lib.checks import Check, inconclusive, ratio_check
 from gp_lib.client import TracedConnection
+from gp_lib.dialects import Dialect
 from gp_lib.protocol import AGENT_STARTED, EVENT_NAMES
 from gp_lib.scenarios.common import (CommonParams, Observation, ParameterError, ScenarioResult, Target,
                                      bounded_gather, run_scenario)
@@ -158,7 +159,7 @@ async def _sequential(target: Target, deadline: float, bar: Any) -> list[Attempt
                 conn = None
                 bar.update(1)
                 continue
-        await _one_run(conn, params)
+        await _one_run(conn, params, target.dialect)
         bar.update(1)
     if conn is not None:
         await conn.collect(params.settle_ms / 1000)
@@ -178,7 +179,7 @@ async def _concurrent(target: Target, deadline: float, bar: Any) -> list[Attempt
     async def runs_of(conn: TracedConnection, is_ready: bool) -> None:
         for _ in range(params.runs_per_user):
             if is_ready and conn.is_open and time.monotonic() < deadline:
-                await _one_run(conn, params)
+                await _one_run(conn, params, target.dialect)
             bar.update(1)
 
     await bounded_gather([partial(runs_of, c, r) for c, r in zip(conns, ready)], params.max_concurrency)
@@ -190,19 +191,19 @@ async def _reconnects(target: Target, deadline: float, bar: Any) -> list[Attempt
     """Hang up after agent_started, reconnect as the same user, ask for the thread's status."""
     params: Params = target.params
     records: list[AttemptRecord] = []
-    for trial in range(params.reconnect_trials):
+    trials = params.reconnect_trials if target.dialect.status_request else 0  # nothing to ask the status with
+    for trial in range(trials):
         if time.monotonic() >= deadline:
             break
         thread_id = _new_thread()
         first = await target.connection(RECONNECT_USER, condition="reconnect_drop", extra={"trial": trial})
-        if await _ready(first) and await first.send(_request(params, thread_id, first.record.user_id)):
-            await first.receive_until(partial(_started_or_failed, thread_id), params.event_timeout_s)
+        if await _ready(first) and await first.send(_request(target.dialect, params, thread_id)):
+            await first.receive_until(partial(_started_or_failed, thread_id, _names(first)), params.event_timeout_s)
         records.append(await _finish(first))
         second = await target.connection(RECONNECT_USER, condition="reconnect_status", extra={"trial": trial})
         asked = {"type": "status_request", "thread_id": thread_id, "user_id": second.record.user_id}
         if await _ready(second) and await second.send(asked):
-            await second.receive_until(lambda m: protocol.is_status(m) or protocol.is_error(m),
-                                       params.receive_timeout_s)
+            await second.receive_until(_status_answer, params.receive_timeout_s)
             await second.collect(params.settle_ms / 1000)
         records.append(await _finish(second))
         bar.update(1)
@@ -218,45 +219,54 @@ async def _finish(conn: TracedConnection) -> AttemptRecord:
     return conn.finish()
 
 
-async def _one_run(conn: TracedConnection, params: Params) -> None:
+async def _one_run(conn: TracedConnection, params: Params, dialect: Dialect) -> None:
     """One agent request, read until the run ends, stays silent `event_timeout_s`, or `run_timeout_s` passes.
 
     What arrives after the wait is still recorded: the run's late events
     count for it (runs are told apart by run_id), only the wait is over.
     """
     thread_id = _new_thread()
-    user_id = conn.record.user_id
-    if not await conn.send(_request(params, thread_id, user_id)):
+    if not await conn.send(_request(dialect, params, thread_id)):
         return
     end = time.monotonic() + params.run_timeout_s
     while (left := end - time.monotonic()) > 0:
         message = await conn.receive(min(params.event_timeout_s, left))
-        if message is None or _ends_run(thread_id, user_id, message):
+        if message is None or _ends_run(thread_id, _names(conn), message):
             return
 
 
-def _request(params: Params, thread_id: str, user_id: str | None) -> dict[str, Any]:
-    return {"type": "agent_request", "agent": params.agent, "message": PROMPT, "thread_id": thread_id,
-            "user_id": user_id}
+def _request(dialect: Dialect, params: Params, thread_id: str) -> dict[str, Any]:
+    return dialect.agent_request_message(PROMPT, agent=params.agent, thread_id=thread_id)
+
+
+def _names(conn: TracedConnection) -> tuple[str | None, str | None]:
+    """Who the socket is: the user asked for, and the name the server gave it."""
+    return conn.record.user_id, conn.record.server_user
+
+
+def _status_answer(message: dict[str, Any]) -> bool:
+    """A status, an error, or the `ack` of a server that does not know status_request."""
+    return protocol.is_status(message) or protocol.is_error(message) or (
+        message["type"] == "ack" and protocol.field(message, "received_type") == "status_request")
 
 
 def _new_thread() -> str:
     return f"thread_{uuid.uuid4().hex[:16]}"
 
 
-def _ours(thread_id: str, user_id: str | None, message: dict[str, Any]) -> bool:
+def _ours(thread_id: str, names: tuple[str | None, str | None], message: dict[str, Any]) -> bool:
     """Not visibly another run's: no thread or user named, or ours."""
     thread = protocol.field(message, "thread_id")
-    user = protocol.field(message, "user_id")
-    return thread in (None, thread_id) and (user is None or user_id is None or str(user) == user_id)
+    user = protocol.text_field(message, "user_id")
+    return thread in (None, thread_id) and events.is_own(user, *names)
 
 
-def _ends_run(thread_id: str, user_id: str | None, message: dict[str, Any]) -> bool:
-    return protocol.ends_run(message) and _ours(thread_id, user_id, message)
+def _ends_run(thread_id: str, names: tuple[str | None, str | None], message: dict[str, Any]) -> bool:
+    return protocol.ends_run(message) and _ours(thread_id, names, message)
 
 
-def _started_or_failed(thread_id: str, message: dict[str, Any]) -> bool:
-    return (message["type"] == AGENT_STARTED or protocol.is_error(message)) and _ours(thread_id, None, message)
+def _started_or_failed(thread_id: str, names: tuple[str | None, str | None], message: dict[str, Any]) -> bool:
+    return (message["type"] == AGENT_STARTED or protocol.is_error(message)) and _ours(thread_id, names, message)
 
 
 # -- judging (pure) ------------------------------------------------------------------------
@@ -289,7 +299,7 @@ def reconnect_status(attempts: pd.DataFrame, frames: pd.DataFrame) -> pd.DataFra
         asked = status[(status["direction"] == "sent") & (status["type"] == "status_request")]
         thread_id = asked["thread_id"].iloc[0] if len(asked) else None
         answers = [protocol.message_from_row(r) for r in status[status["direction"] == "received"].to_dict(orient="records")]
-        answer = next((m for m in answers if protocol.is_status(m) or protocol.is_error(m)), None)
+        answer = next((m for m in answers if _status_answer(m)), None)
         answer = answer or {}
         state = protocol.field(answer, "state")
         answer_thread = protocol.field(answer, "thread_id")
@@ -334,7 +344,7 @@ def evaluate(observation: Observation, params: Params) -> tuple[list[Check], dic
         _completeness_check(runs, complete, params.min_complete_rate),
         _order_check(observed, out_of_order),
         _tools_check(observed, open_tools),
-        _leak_check(received, leaks),
+        _leak_check(received, leaks, _one_name(attempts)),
         _status_check(status, recovered),
     ]
     metrics: dict[str, Any] = {
@@ -375,7 +385,7 @@ def _completeness_check(runs: pd.DataFrame, complete: int, at_least: float) -> C
     lacking = runs.loc[~runs["complete"].astype(bool), "missing"].value_counts()
     if not len(lacking):
         return check
-    return Check(name, check.passed, check.evidence + "; " + "; ".join(
+    return replace(check, evidence=check.evidence + "; " + "; ".join(
         f"{n} of {total} runs lacked {missing}" for missing, n in lacking.items()))
 
 
@@ -407,10 +417,22 @@ def _tools_check(observed: pd.DataFrame, bad: int) -> Check:
     return Check(name, bad == 0, evidence)
 
 
-def _leak_check(received: pd.DataFrame, leaks: int) -> Check:
+def _one_name(attempts: pd.DataFrame) -> str | None:
+    """The one name a server gave sockets of several different users (a demo mode), else None."""
+    if attempts.empty or "server_user" not in attempts:
+        return None
+    named = attempts[attempts["server_user"].notna()]
+    names = named["server_user"].unique()
+    return str(names[0]) if len(names) == 1 and named["user_id"].nunique() > 1 else None
+
+
+def _leak_check(received: pd.DataFrame, leaks: int, one_name: str | None = None) -> Check:
     name = "no_cross_user_events"
     if received.empty:
-        return Check(name, False, "no agent event arrived on any socket: nothing to judge")
+        return inconclusive(name, "no agent event arrived on any socket: nothing to judge")
+    if one_name is not None:
+        return inconclusive(name, f"the server names every socket {one_name!r}, whoever asked: an event cannot "
+                                  "be told to belong to another user")
     evidence = f"{leaks} of {len(received)} agent events arrived on another user's socket"
     if leaks:
         pairs = received[received["foreign"].astype(bool)].groupby(["socket_user", "event_user"]).size()
@@ -422,7 +444,11 @@ def _leak_check(received: pd.DataFrame, leaks: int) -> Check:
 def _status_check(status: pd.DataFrame, recovered: int) -> Check:
     name = "status_after_reconnect"
     if status.empty:
-        return Check(name, False, "no reconnect trial ran: nothing to judge")
+        return inconclusive(name, "no reconnect trial ran (the target's dialect has no status_request, no trial "
+                                  "was asked for, or the deadline came first): nothing to judge")
+    if (status["answer_type"] == "ack").all():
+        return inconclusive(name, f"the target does not know status_request: all {len(status)} were acknowledged "
+                                  "as an unknown type")
     evidence = f"{recovered} of {len(status)} reconnects got the thread's state back from status_request"
     failed = status[~status["recovered"].astype(bool)]
     if len(failed):
@@ -460,8 +486,8 @@ def interpret(result: ScenarioResult) -> str:
         if arm in result.arm_metrics:
             lines.append(_interpret_arm(arm, result.arm_metrics[arm], result.params))
     if result.mode == "reference":
-        faulty = [c for c in result.arm_checks.get("faulty", []) if not c.passed]
-        fixed = [c for c in result.arm_checks.get("fixed", []) if not c.passed]
+        faulty = [c for c in result.arm_checks.get("faulty", []) if c.failed]
+        fixed = [c for c in result.arm_checks.get("fixed", []) if c.failed]
         if faulty and not fixed:
             lines.append(f"With emission fixed, every check passes ({', '.join(c.name for c in faulty)} failed with "
                          f"the `{result.params.get('reference_events_mode')}` fault): the remediation is to emit "

@@ -163,8 +163,8 @@ async def _attempt(target: Target, batch: Batch, index: int) -> AttemptRecord:
             if batch.phase == "early_burst":
                 await _burst(conn, params)
             elif batch.phase == "rapid_cycles":
-                request = {"type": "agent_request", "agent": "triage_agent",
-                           "message": f"Quick test request {batch.repeat}"}
+                request = target.dialect.agent_request_message(f"Quick test request {batch.repeat}",
+                                                               agent="triage_agent")
                 if await conn.send(request, at_ms=batch.send_delay_ms):
                     await conn.receive_until(protocol.ends_run, params.receive_timeout_s)
             elif await conn.send({"type": "ping", "timestamp": time.time()}, at_ms=batch.send_delay_ms):

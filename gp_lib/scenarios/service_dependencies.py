@@ -43,18 +43,16 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
 from gp_lib import protocol
-from gp_lib.checks import Check
-from gp_lib.client import LOOPBACK
+from gp_lib.checks import Check, inconclusive
+from gp_lib.dialects import Dialect
+from gp_lib.health import probe_health
 from gp_lib.protocol import AGENT_COMPLETED, AGENT_STARTED, SERVICES
 from gp_lib.redact import redact
 from gp_lib.scenarios.common import (CommonParams, Observation, ParameterError, ScenarioResult, Target,
@@ -74,7 +72,6 @@ NOT_SENT = "not_sent"
 HEALTHY = "healthy"
 #: How the faulty reference arm fails (the reference server's `dependencies` fault modes).
 FAULT_MODES = ("silent", "close")
-HEALTH_PATHS = ("/health", "/ws/health")
 #: The gaps between the six events of a healthy reference run, each `agent_step_ms` long.
 FULL_RUN_STEPS = 5
 USER_MESSAGE_COLUMNS = ["condition", "request", "outcome", "text_shown", "count"]
@@ -155,21 +152,30 @@ def conditions(params: Params, reference: bool) -> list[str]:
     return [r.condition for r in NOTHING_DOWN_REQUESTS] + outages
 
 
-def request_message(request: Request, thread_id: str) -> dict[str, Any]:
+def request_message(request: Request, thread_id: str, dialect: Dialect | None = None) -> dict[str, Any]:
+    flags = {flag: True for flag in request.flags}
     if request.kind == "message":
-        message: dict[str, Any] = {"type": "message", "content": "Continue helping me with the cost analysis",
-                                   "thread_id": thread_id}
-    else:
-        message = {"type": "agent_request", "agent": "triage_agent",
-                   "message": "Where can my cloud spend drop this month?", "thread_id": thread_id}
-    return {**message, **{flag: True for flag in request.flags}}
+        return {"type": "message", "content": "Continue helping me with the cost analysis", "thread_id": thread_id,
+                **flags}
+    return (dialect or Dialect()).agent_request_message("Where can my cloud spend drop this month?",
+                                                        agent="triage_agent", thread_id=thread_id, **flags)
+
+
+def applicable(request: Request, dialect: Dialect, reference: bool) -> bool:
+    """Whether the target can be asked this: test flags and `message` only where the dialect has them
+    (a reference outage is switched on the server, the flag it carries is only for the LLM)."""
+    if request.kind == "message" and not dialect.message_received:
+        return False
+    return dialect.test_flags or not request.flags or (reference and request.service_down is not None)
 
 
 async def drive(target: Target) -> Observation:
     """Health probes, flagged requests, then (reference mode) one outage per service, each restored."""
     params: Params = target.params
-    phases: list[tuple[str | None, str, list[Request]]] = [(None, HEALTHY, list(NOTHING_DOWN_REQUESTS))]
-    if target.server is not None:
+    reference = target.server is not None
+    asked = [r for r in NOTHING_DOWN_REQUESTS if applicable(r, target.dialect, reference)]
+    phases: list[tuple[str | None, str, list[Request]]] = [(None, HEALTHY, asked)]
+    if reference:
         phases += [(s, outage_request(s).condition, [outage_request(s)]) for s in params.outages]
     total = sum(len(requests) for _, _, requests in phases) * params.requests_per_condition
     bar = target.bar(total, "requests")
@@ -207,7 +213,7 @@ async def send_request(target: Target, request: Request, number: int) -> Attempt
         if conn.is_open:
             await conn.wait_ready()
         thread_id = f"thread_{conn.record.attempt_id}"
-        if conn.is_open and await conn.send(request_message(request, thread_id)):
+        if conn.is_open and await conn.send(request_message(request, thread_id, target.dialect)):
             await conn.receive_until(answer_end(), params.receive_timeout_s)
     record = conn.record
     record.extra.update(request_summary(record, params.receive_timeout_s))
@@ -325,59 +331,6 @@ def user_messages(attempts: pd.DataFrame, order: list[str] | None = None) -> pd.
     return table.sort_values("_rank", kind="stable")[USER_MESSAGE_COLUMNS].reset_index(drop=True)
 
 
-# -- health probes --------------------------------------------------------------------------
-
-def health_urls(ws_url: str) -> list[tuple[str, str]]:
-    """`(path, url)` of the health routes on the WebSocket's host and port, http(s) from ws(s)."""
-    parts = urlsplit(ws_url)
-    scheme = "https" if parts.scheme == "wss" else "http"
-    return [(path, urlunsplit((scheme, parts.netloc, path, "", ""))) for path in HEALTH_PATHS]
-
-
-async def probe_health(ws_url: str, condition: str, timeout_s: float) -> list[dict[str, Any]]:
-    """One row per health route: its HTTP status (None when nothing answered) and what it said."""
-    urls = health_urls(ws_url)
-    answers = await asyncio.gather(*(asyncio.to_thread(_get, url, timeout_s) for _, url in urls))
-    return [{"condition": condition, "path": path, "url": url, "status": status, "answer": answer}
-            for (path, url), (status, answer) in zip(urls, answers)]
-
-
-#: Health probes to loopback go direct, as the WebSocket client's connections do; others use the environment's proxy.
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def _get(url: str, timeout_s: float) -> tuple[int | None, str]:
-    opener = _DIRECT if urlsplit(url).hostname in LOOPBACK else urllib.request.build_opener()
-    try:
-        with opener.open(url, timeout=timeout_s) as response:
-            return response.status, health_answer(response.read(8192))
-    except urllib.error.HTTPError as exc:
-        try:
-            body = exc.read(8192)
-        except Exception:  # the body of an error answer is optional evidence
-            body = b""
-        return exc.code, health_answer(body)
-    except Exception as exc:  # refused, timed out, not HTTP: all evidence, never a failure
-        reason = getattr(exc, "reason", None) or exc
-        return None, redact(f"no answer: {reason}") or "no answer"
-
-
-def health_answer(body: bytes) -> str:
-    """A short summary of a health body: its status and the services it says are down."""
-    text = body.decode("utf-8", "replace").strip()
-    value, _, _ = protocol.load_json(text)
-    if not isinstance(value, dict) or "status" not in value:
-        return redact(text[:120]) or "(empty body)"
-    availability = value.get("service_availability")
-    down: list[str] = []
-    if isinstance(availability, dict):
-        critical = availability.get("critical_services")
-        if isinstance(critical, dict):
-            down = [name for name, state in critical.items() if state not in ("up", "ok", "healthy", True)]
-    status = str(value["status"])
-    return status + (f"; down: {', '.join(down)}" if down else "")
-
-
 def display_table(result: ScenarioResult, name: str) -> pd.DataFrame:
     """A scenario table of every arm (e.g. `user_messages`) with its arm column first."""
     table = result.table(name)
@@ -427,7 +380,7 @@ def evaluate(observation: Observation, params: Params) -> tuple[list[Check], dic
             f"{unsent} attempts could not connect "
             f"({', '.join(f'{o} {n}' for o, n in attempts['outcome'].value_counts().items())})"
             if unsent else "no attempt was made")
-        checks = [Check(name, False, why) for name in CHECK_NAMES]
+        checks = [inconclusive(name, why) for name in CHECK_NAMES]
     else:
         checks = [_no_silent_failure(rows, deadline), _graceful_in_every_failure(rows),
                   _agent_started_when_degraded(rows), _completion_or_fallback(rows)]
@@ -447,9 +400,9 @@ def _no_silent_failure(rows: pd.DataFrame, deadline_s: float) -> Check:
 def _graceful_in_every_failure(rows: pd.DataFrame) -> Check:
     failures = rows[rows["request_outcome"] != "complete"]
     if failures.empty:
-        return Check("graceful_message_in_every_failure", True,
-                     f"no failure to judge: all {len(rows)} requests completed normally "
-                     "(a target that ignores the test flags shows no failure)")
+        return inconclusive("graceful_message_in_every_failure",
+                            f"no failure to judge: all {len(rows)} requests completed normally (no outage could be "
+                            "made, or the target ignores the test flags)")
     graceless = failures[failures["request_outcome"] != "graceful"]
     evidence = (f"{len(failures) - len(graceless)} of {len(failures)} failure cases showed a user-facing "
                 f"'temporarily unavailable / try again' message (need 100%)")
@@ -461,7 +414,7 @@ def _graceful_in_every_failure(rows: pd.DataFrame) -> Check:
 def _agent_started_when_degraded(rows: pd.DataFrame) -> Check:
     degraded = rows[(rows["request"] == "agent_request") & (rows["request_outcome"] != "complete")]
     if degraded.empty:
-        return Check("agent_started_when_degraded", True, "no degraded agent request to judge: every one completed")
+        return inconclusive("agent_started_when_degraded", "no degraded agent request to judge: every one completed")
     missing = degraded[~degraded["agent_started"].astype(bool)]
     evidence = f"{len(degraded) - len(missing)} of {len(degraded)} degraded agent requests got agent_started"
     if len(missing):
@@ -472,7 +425,7 @@ def _agent_started_when_degraded(rows: pd.DataFrame) -> Check:
 def _completion_or_fallback(rows: pd.DataFrame) -> Check:
     agent = rows[rows["request"] == "agent_request"]
     if agent.empty:
-        return Check("completion_or_fallback_notice", False, "no agent request to judge")
+        return inconclusive("completion_or_fallback_notice", "no agent request to judge")
     done = agent[agent["completed"].astype(bool)]
     missing = agent[~agent["completed"].astype(bool)]
     fallback = int(done["fallback"].astype(bool).sum())

@@ -16,7 +16,7 @@ from gp_lib.refserver import ServerHandle
 
 @pytest.fixture
 def wire(server: ServerHandle) -> Wire:
-    return Wire(server.url, server.secret)
+    return Wire(server.url, server.secret, server.dialect)
 
 
 @pytest.fixture(autouse=True)

@@ -19,6 +19,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from gp_lib.auth import connect_kwargs, mint_token
+from gp_lib.dialects import Dialect
 from gp_lib.protocol import HANDSHAKE_RESPONSE, decode, handshake_reply, is_ready_marker
 
 TIME_SCALE = float(os.environ.get("GP_TIME_SCALE") or 1.0)
@@ -114,9 +115,10 @@ class Session:
 class Wire:
     """Connect to one reference server as a user, with tokens signed by its secret."""
 
-    def __init__(self, url: str, secret: str):
+    def __init__(self, url: str, secret: str, dialect: Dialect | None = None):
         self.url = url
         self.secret = secret
+        self.dialect = dialect or Dialect()
 
     def token(self, user_id: str = "alice", **claims: Any) -> str:
         return mint_token(self.secret, user_id, **claims)
@@ -125,7 +127,7 @@ class Wire:
     async def session(self, user_id: str = "alice", *, token: str | None = None, transport: str = "both",
                       ready: bool = True, **kwargs: Any) -> AsyncIterator[Session]:
         """A connection as `user_id` (a fresh token unless given); waits for readiness unless `ready=False`."""
-        options = connect_kwargs(token or self.token(user_id), transport)
+        options = connect_kwargs(token or self.token(user_id), transport, extra_offers=self.dialect.offers())
         options.update(kwargs)
         async with connect(self.url, open_timeout=scaled(5), close_timeout=scaled(2), **options) as ws:
             session = Session(ws)

@@ -24,7 +24,7 @@ async def test_connection_established_carries_ids(wire):
         marker = session.frames[-1]
     assert marker["type"] == "connection_established" and is_ready_marker(marker)
     assert field(marker, "user_id") == "alice" and field(marker, "connection_id")
-    assert parse_timestamp(field(marker, "server_time")) is not None
+    assert parse_timestamp(field(marker, "timestamp")) is not None
 
 
 @pytest.mark.parametrize("request_type, answer", [("ping", "pong"), ("heartbeat", "heartbeat_ack")])

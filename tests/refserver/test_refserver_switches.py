@@ -7,7 +7,7 @@ import json
 import pytest
 
 from gp_lib.protocol import AGENT_COMPLETED, AGENT_STARTED, EVENT_NAMES, TOOL_COMPLETED, TOOL_EXECUTING
-from gp_lib.refserver import DIALECT_PRESETS, FAULT_NAMES, Dialect, Faults, parse_fault_spec
+from gp_lib.refserver import FAULT_NAMES, Faults, parse_fault_spec
 from gp_lib.refserver.agent import event_plan
 
 
@@ -77,52 +77,6 @@ def test_merged_changes_only_what_is_given():
 def test_bad_fault_values_name_the_field(changes, field_name):
     with pytest.raises(ValueError, match=field_name):
         Faults().merged(changes)
-
-
-# -- dialects ---------------------------------------------------------------------
-
-def test_every_preset_parses_and_round_trips_through_its_spec():
-    assert set(DIALECT_PRESETS) == {"default", "flat", "mixed", "system_message", "connection_ready", "handshake",
-                                    "iso", "error_message", "stripped_header"}
-    for name in DIALECT_PRESETS:
-        dialect = Dialect.parse(name)
-        assert Dialect.parse(dialect.to_spec()) == dialect, name
-    assert Dialect.parse("stripped_header").auth == "subprotocol_only"
-    assert Dialect.parse("handshake").ready == "handshake"
-
-
-def test_key_value_form_starts_from_default_or_a_preset():
-    dialect = Dialect.parse("layout=mixed,auth_reject=http,http_routes=false,heartbeat_interval_s=0.5")
-    assert (dialect.layout, dialect.auth_reject, dialect.http_routes, dialect.heartbeat_interval_s) == (
-        "mixed", "http", False, 0.5)
-    assert dialect.ready == "connection_established"
-    combined = Dialect.parse("flat,errors=error_message")
-    assert (combined.layout, combined.errors) == ("flat", "error_message")
-    assert Dialect.parse(None) == Dialect() == Dialect.parse("")
-
-
-@pytest.mark.parametrize("spec, named", [
-    ("klingon", "klingon"),
-    ("layout=nested", "layout"),
-    ("colour=red", "colour"),
-    ("http_routes=maybe", "http_routes"),
-    ("heartbeat_interval_s=soon", "heartbeat_interval_s"),
-    ("handshake_timeout_s=0", "handshake_timeout_s"),
-])
-def test_bad_dialect_specs_name_the_key(spec, named):
-    with pytest.raises(ValueError, match=named):
-        Dialect.parse(spec)
-
-
-def test_layouts_place_fields_as_protocol_md_shows():
-    fields = {"run_id": "r1", "user_id": "u1", "tool_name": "t", "result": "x"}
-    enveloped = Dialect().message("tool_completed", **fields)
-    assert enveloped["data"] == fields and enveloped["server_id"] is None and "run_id" not in enveloped
-    flat = Dialect(layout="flat").message("tool_completed", **fields)
-    assert flat["run_id"] == "r1" and flat["result"] == "x" and "data" not in flat
-    mixed = Dialect(layout="mixed").message("tool_completed", **fields)
-    assert mixed["tool_name"] == "t" and mixed["data"] == {"result": "x"}
-    assert isinstance(Dialect(timestamps="iso").message("pong")["timestamp"], str)
 
 
 # -- agent event plans ----------------------------------------------------------------
