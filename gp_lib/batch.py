@@ -440,7 +440,8 @@ def write_scenario_report(plan: Plan, outcome: Outcome) -> Path:
     facts = [("scenario", outcome.entry.scenario), ("mode", params.mode),
              ("target", params.target_url or "reference server, started per arm on 127.0.0.1"),
              ("run", plan.run_id), ("notebook", f"notebooks/{outcome.entry.notebook}"),
-             ("executed notebook", Trusted(f"[notebooks/{outcome.entry.notebook}](notebooks/{outcome.entry.notebook})")),
+             ("executed notebook", Trusted(f"[notebooks/{outcome.entry.notebook}]"
+                                           f"(notebooks/{outcome.entry.notebook})")),
              ("duration", f"{outcome.seconds:.1f} s")]
     context = report.ReportContext(scenario=outcome.entry.scenario, title=outcome.entry.title, verdict=outcome.verdict,
                             error=outcome.why, facts=facts, command=plan.commands[outcome.entry.scenario],

@@ -134,8 +134,8 @@ async def probe(args: argparse.Namespace, token: str, messages: list[dict[str, A
     selected = selected_unoffered(record, offers)
     if selected is None:
         return record
-    print(f"the server selected the subprotocol {escape.terminal(selected)!r}, which was not offered, so the handshake failed "
-          f"on this side; again, offering it too", file=out)
+    print(f"the server selected the subprotocol {escape.terminal(selected)!r}, which was not offered, "
+          f"so the handshake failed on this side; again, offering it too", file=out)
     return await _session(args, token, messages, (*offers, selected), out)
 
 

@@ -52,7 +52,8 @@ CLIENT_OUTCOMES = frozenset({"client_error"})
 #: Characters kept of each server-chosen text field in a table row; longer text is cut with a marker
 #: that gives its length (`protocol.cut_text`), so a 1 MB id cannot stall a plot or swell a report.
 MAX_FIELD_CHARS = {"user_id": 200, "run_id": 200, "thread_id": 200, "tool_name": 200, "type": 200,
-                   "close_reason": 300, "error": 1000, "subprotocol": 300, "server_user": 200, "payload": protocol.MAX_RAW_CHARS}
+                   "server_user": 200, "close_reason": 300, "subprotocol": 300, "error": 1000,
+                   "payload": protocol.MAX_RAW_CHARS}
 _CUT_MARKER = re.compile(r"…\[cut: (\d+) characters\]$")
 #: The longest line `load_jsonl` reads (a row holds one frame's evidence and bounded fields; a line
 #: of a trace from elsewhere may be longer, but not without limit).

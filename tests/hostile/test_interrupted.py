@@ -12,15 +12,16 @@ import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
-from conftest import ROOT
 from hostile_servers import SECRET, serving
 from leak_scan import leaks_under
 
 from gp_lib import batch
 from gp_lib.cli import main
 
+ROOT = Path(__file__).resolve().parents[2]
 QUICK = ["-p", "open_timeout_s=2", "-p", "ready_timeout_s=0.3", "-p", "receive_timeout_s=0.3",
          "-p", "factory_initialization.health_checks=1", "-p", "factory_initialization.connections=1",
          "-p", "factory_initialization.recovery_deadline_s=0.3", "-p", "factory_initialization.max_recovery_attempts=1",
