@@ -25,9 +25,9 @@ from typing import Any, Callable
 from urllib.parse import urljoin, urlparse
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.uri import parse_uri
 from websockets.exceptions import (ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI, PayloadTooBig,
                                    ProtocolError, TooManyFragments)
+from websockets.uri import parse_uri
 
 from gp_lib import auth, protocol
 from gp_lib.redact import redact, register_secret
