@@ -30,7 +30,8 @@ QUICK = ["-p", "open_timeout_s=2", "-p", "ready_timeout_s=0.3", "-p", "receive_t
          "-p", "race_conditions.sweep_repeats=400", "-p", "race_conditions.deadline_s=300"]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.notebook
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_run_still_writes_its_summary_and_junit(tmp_path, signum):
     out = tmp_path / "out"
     with serving("silent_ws") as server:

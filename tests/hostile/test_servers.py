@@ -50,6 +50,7 @@ def test_probe(name, run_gp):
     assert leaks_in(result.text, found) == []
 
 
+@pytest.mark.notebook
 @pytest.mark.parametrize("name", list(EXPECTED))
 def test_quick_report(name, run_gp, tmp_path):
     out = tmp_path / "out"
