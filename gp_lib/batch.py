@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from gp_lib import diagnosis, report
 from gp_lib.checks import overall_verdict
-from gp_lib.escape import Trusted
+from gp_lib.escape import Trusted, terminal
 from gp_lib.params import Layered, resolve
 from gp_lib.redact import redact, register_secret
 from gp_lib.scenarios.common import ParameterError
@@ -280,7 +280,8 @@ def run_plan(plan: Plan) -> dict[str, Any]:
                     write_scenario_report(plan, outcome)
                     outcomes[entry.scenario] = outcome
                     print(f"gp: {entry.scenario}: finished: {outcome.verdict} in {outcome.seconds:.1f} s"
-                          + (f" ({_first_line(outcome.why)})" if outcome.why else ""), file=sys.stderr, flush=True)
+                          + (f" ({terminal(_first_line(outcome.why))})" if outcome.why else ""), file=sys.stderr,
+                          flush=True)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the notebooks, then write what finished
             interrupted = True
             _ignore_interrupts()  # a second Ctrl-C must not lose the summary

@@ -64,3 +64,19 @@ def test_quick_report(name, run_gp, tmp_path):
                 for line in path.read_text().splitlines()}
     assert EXPECTED[name][0] in outcomes, outcomes
     assert leaks_under(out, found) == []
+    if name == "redirect_upgrade":  # a finding, not just a row
+        assert "redirect" in json.dumps(summary["diagnosis"]) and summary["verdict"] == "error"
+
+
+@pytest.mark.notebook
+def test_quick_report_with_a_redirecting_auth_service(run_gp, tmp_path):
+    out, bypass = tmp_path / "out", "hostile-bypass-key-0123456789"
+    with serving("silent_ws") as target, serving("redirect_auth") as auth_service:
+        result = run_gp("report", "--target", target.url, "--out", str(out), *QUICK, "-p", "env=staging",
+                        "-p", f"auth_url={auth_service.http_url}", env={"E2E_OAUTH_SIMULATION_KEY": bypass},
+                        timeout=240)
+        assert not any("x-e2e-bypass-key" in r.headers for r in auth_service.peer.requests)
+    assert "Traceback" not in result.err and result.code == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert "redirect" in summary["scenarios"]["factory_initialization"]["error"]
+    assert leaks_under(out, {"bypass": bypass, "secret": SECRET}) == []
