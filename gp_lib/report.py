@@ -25,6 +25,7 @@ import nbformat
 from nbconvert import MarkdownExporter
 from traitlets.config import Config
 
+from gp_lib import escape
 from gp_lib.checks import FAIL, INCONCLUSIVE, status_of
 from gp_lib.notebook import BADGES, SECTION_TITLES, SECTIONS, VERSIONED, markdown_table, package_version
 from gp_lib.redact import redact, redact_value
@@ -181,7 +182,7 @@ def _name_images(nb: nbformat.NotebookNode, scenario: str, saved: Mapping[str, s
 def _header(context: ReportContext) -> str:
     lines = [f"# {context.title}: {BADGES.get(context.verdict, context.verdict.upper())}", ""]
     if context.error:
-        lines += [f"**The run could not be made:** {context.error.rstrip('.')}.", "",
+        lines += [f"**The run could not be made:** {escape.markdown(context.error.rstrip('.'))}.", "",
                   "The sections below hold what the notebook showed; the executed notebook has the details.", ""]
     lines.append(markdown_table([{"item": k, "value": v} for k, v in context.facts]))
     return "\n".join(lines)

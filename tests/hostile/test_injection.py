@@ -49,3 +49,16 @@ def test_probe_prints_no_control_bytes_from_the_server(run_gp):
     assert not CONTROL.search(result.out.replace("\n", "")), repr(result.out)
     assert "outcome:      closed_1011" in result.out
     assert all(not line.startswith("#") for line in result.out.splitlines())
+
+
+def test_a_report_header_escapes_the_error_a_target_caused():
+    import nbformat
+
+    from gp_lib import report
+
+    context = report.ReportContext(scenario="race_conditions", title="Race", verdict="error",
+                                   error=f"first error: HTTP 500 instead of the upgrade: {INJECTION}",
+                                   facts=[("target", f"ws://h/{INJECTION}")], command="gp report", parameters={})
+    text, _ = report.render(nbformat.v4.new_notebook(), context)
+    header = text.split("## ")[0]
+    assert_inert_markdown(header.split("\n", 1)[1])  # the title line is the report's own heading
