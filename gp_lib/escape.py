@@ -17,9 +17,10 @@ import re
 #: Characters kept of one value shown in a table cell or a terminal line.
 DEFAULT_LIMIT = 500
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-#: Characters that make inline Markdown markup (GitHub-flavoured): escapes, code spans, table cells, links
-#: and images. Block structure (headings, lists, quotes) needs a line start, and no line break survives.
-_MARKDOWN = re.compile(r"([\\`|\[\]])")
+#: What makes inline Markdown markup (GitHub-flavoured): escapes, code spans, table cells, and the `](` or
+#: `][` that closes a link's or image's text. Block structure (headings, lists, quotes, reference
+#: definitions) needs a line start, and no line break survives.
+_MARKDOWN = re.compile(r"([\\`|]|\](?=[(\[]))")
 _LINE_BREAKS = re.compile(r"\r\n|[\r\n\u2028\u2029]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
