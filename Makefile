@@ -9,6 +9,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 PYTEST_ARGS ?=
+LAB_PORT ?= 8888
+LAB_ARGS ?=
+# Jupyter refuses to run as root (containers, many dev VMs) unless told to: as root, allow it, but open
+# no browser (it would run as root too) and listen on loopback only; the token stays required.
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root --no-browser)
 
 .PHONY: report test test-fast lab bench install clean
 
@@ -28,10 +33,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not notebook and not browser" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not notebook and not browser and not lab" $(PYTEST_ARGS)
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ --ip=127.0.0.1 --port=$(LAB_PORT) $(LAB_ROOT) $(LAB_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/client_overhead.py

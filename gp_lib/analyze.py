@@ -27,8 +27,9 @@ from typing import Any
 import nbformat
 import pandas as pd
 
-from gp_lib import diagnosis, events, har, report
+from gp_lib import diagnosis, events, har, protocol, report
 from gp_lib.checks import Check, none_check, ratio_check, verdict
+from gp_lib.next_steps import IMPACT
 from gp_lib.notebook import checks_markdown, diagnosis_markdown, markdown_table, package_version
 from gp_lib.protocol import INTERNAL_ERROR
 from gp_lib.trace import ATTEMPT_COLUMNS, connection_metrics, load_jsonl, save_jsonl
@@ -36,21 +37,6 @@ from gp_lib.trace import ATTEMPT_COLUMNS, connection_metrics, load_jsonl, save_j
 SCENARIO = har.SCENARIO
 REPORT = "GOLDEN_PATH_CAPTURED_TRACE_TEST_REPORT.md"
 TITLE = "Captured trace"
-#: What each root cause costs, in the words of the scenario notebooks (the seed test plan).
-IMPACT = {
-    "race_conditions": "Users cannot establish chat sessions: the connection dies during the handshake, "
-                       "before any AI answer can be delivered.",
-    "service_dependencies": "Chat appears to work but gives no substantive answer: the agent fails silently "
-                            "when a service it needs is down.",
-    "factory_initialization": "The real-time layer is broken: connections close before they are ready, so no "
-                              "user gets live updates.",
-    "missing_events": "Users see no progress while the agent works, think the system is broken and abandon the "
-                      "session; events delivered to another user leak one customer's data to another.",
-    "authentication": "Users are refused at the door: the token or the way it travels is rejected.",
-    "unreachable": "The service cannot be reached at all.",
-}
-
-
 class TraceError(ValueError):
     """The file cannot be read as a trace; the message names it."""
 
@@ -84,17 +70,38 @@ class Analysis:
 
 # -- reading -------------------------------------------------------------------------------------
 
+#: What `gp analyze` reads, said whenever a file is not it.
+EXPECTED = ("expected a toolkit JSONL trace (one JSON object per line, each with \"record\": \"attempt\" or "
+            "\"frame\", as in OUT/traces/*.jsonl) or a HAR saved from browser DevTools (a JSON object with \"log\")")
+#: Leading bytes of files people pick up by mistake.
+MAGIC = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"%PDF", "a PDF document"),
+         (b"PK\x03\x04", "a ZIP archive"), (b"\x1f\x8b", "a gzip file"), (b"<?xml", "an XML file"),
+         (b"<testsuites", "a JUnit XML report"), (b"<!doctype html", "an HTML page"), (b"<html", "an HTML page"))
+
+
 def load_trace(path: str | Path) -> Trace:
     """Read a HAR file or a toolkit JSONL trace, told apart by content, not by name.
 
     Raises:
-        TraceError: the file is missing, neither a HAR nor a JSONL trace, or holds no connection.
+        TraceError: the file is missing, neither a HAR nor a JSONL trace (saying what it is instead,
+            and what was expected), or holds no connection.
     """
     path = Path(path)
+    if path.is_dir():
+        traces = sorted(path.glob("traces/*.jsonl"))
+        raise TraceError(f"{path}: is a directory" + (f" (a run folder: analyze one of its traces, e.g. "
+                                                       f"{traces[0]})" if traces else "") + f"; {EXPECTED}")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        raw = path.read_bytes()
+    except OSError as exc:
         raise TraceError(f"{path}: cannot be read ({exc})") from None
+    what = describe(raw)
+    if what:
+        raise TraceError(f"{path}: is {what}, not a trace; {EXPECTED}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise TraceError(f"{path}: is binary, not text; {EXPECTED}") from None
     try:
         if _is_har(text):
             imported = har.load_har(path)
@@ -104,11 +111,31 @@ def load_trace(path: str | Path) -> Trace:
             return Trace(path, "HAR", imported.attempts, imported.frames, imported.problems, imported.entries)
         attempts, frames = load_jsonl(path)
     except ValueError as exc:
-        raise TraceError(str(exc)) from None
+        raise TraceError(f"{exc}; {EXPECTED}") from None
     if attempts.empty and frames.empty:
-        raise TraceError(f"{path}: holds no attempts and no frames")
+        raise TraceError(f"{path}: holds no attempts and no frames; {EXPECTED}")
     columns = dict.fromkeys([*ATTEMPT_COLUMNS, *attempts.columns])  # a trace written by other tools may lack some
     return Trace(path, "JSONL", attempts.reindex(columns=list(columns)), frames)
+
+
+def describe(raw: bytes) -> str | None:
+    """What a file that is surely not a trace is ("a PNG image", "a run's summary.json"...), else None."""
+    head = raw[:64].lstrip()
+    for magic, what in MAGIC:
+        if head.lower().startswith(magic.lower()):
+            return what
+    if not raw.strip():
+        return "empty"
+    text = raw.decode("utf-8", "replace")
+    data, _, _ = protocol.load_json(text, limit=len(text) + 1)  # a file the user chose: its depth stays bounded
+    if isinstance(data, dict):
+        if "scenarios" in data and "verdict" in data:
+            return "a run's summary.json (compare runs with `gp compare`; the run's traces are in its traces/ folder)"
+        if "cells" in data and "nbformat" in data:
+            return "a Jupyter notebook"
+    if text.lstrip().startswith("#") and not text.lstrip().startswith("#!"):
+        return "Markdown text (a report?)"
+    return None
 
 
 def _is_har(text: str) -> bool:
@@ -243,22 +270,27 @@ def report_notebook(analysis: Analysis, figure: str) -> nbformat.NotebookNode:
                        if failed else f"all {len(analysis.checks)} checks passed")
                     + ("" if not analysis.findings else f"; strongest root cause: {analysis.findings[0].root_cause}")
                     + "\n\n" + markdown_table(headline))
-    impact = "\n\n".join(f"**{f.root_cause}**: {IMPACT[f.root_cause]}" for f in analysis.findings
+    impact = "\n\n".join(f"**{f.root_cause}**: {IMPACT[f.root_cause]}" for f in analysis.findings[:2]
                          if f.root_cause in IMPACT) or "Nothing wrong was found in this trace: no impact to report."
     root_cause = diagnosis_markdown(analysis.findings)
     if trace.problems:
         root_cause += (f"\n\n**{len(trace.problems)} parts of the file could not be read** (left out of the "
                        "analysis):\n\n" + "\n".join(f"- {p}" for p in trace.problems))
-    columns = ["attempt_id", "socket_user", "run_id", "sequence", "missing", "ending", "problems"]
-    results = checks_markdown(analysis.checks) + "\n\n**Agent runs seen by the validators**\n\n" \
-        + markdown_table(analysis.runs, columns)
-    attempts = trace.attempts.assign(close_code=trace.attempts["close_code"].astype(object).where(
-        trace.attempts["close_code"].notna(), "unknown")) if len(trace.attempts) else trace.attempts
-    results += "\n\n**Connection attempts**\n\n" + markdown_table(
-        attempts, [c for c in ("attempt_id", "user_id", "url", "handshake_status", "t_open_ms", "t_ready_ms",
-                               "close_code", "outcome", "frames_sent", "frames_received") if c in attempts])
-    plots = ("Each row is one connection; each mark a frame, at its time since the connection started. "
-             "A run missing events shows gaps in its colour sequence.\n\n" f"![timeline]({figure})")
+    results = (checks_markdown(analysis.checks) + "\n\n**How the connections ended**\n\n"
+               + markdown_table(endings(trace.attempts)))
+    if len(analysis.runs):
+        results += "\n\n**Agent runs seen by the validators**, alike ones counted once\n\n" \
+            + markdown_table(run_kinds(analysis.runs))
+    results += (f"\n\nEvery attempt ({len(trace.attempts)}) and frame ({len(trace.frames)}) is in "
+                f"[traces/{SCENARIO}.jsonl](traces/{SCENARIO}.jsonl): `gp analyze` reads it back, and pandas reads "
+                "it with `gp_lib.trace.load_jsonl`.")
+    from gp_lib.plots.history import MAX_TIMELINE_ROWS
+
+    sampled = len(trace.attempts) > MAX_TIMELINE_ROWS
+    plots = ("Each row is one connection; each mark a frame, at its time since the connection started; an x is a "
+             "close, coloured by its code. A run missing events shows gaps in its colour sequence."
+             + (f" With {len(trace.attempts)} connections the timeline shows an evenly spaced sample of "
+                f"{MAX_TIMELINE_ROWS}, as its title says." if sampled else "") + f"\n\n![timeline]({figure})")
     environment = markdown_table([
         {"item": "file", "value": str(trace.path)}, {"item": "kind", "value": trace.kind},
         *([{"item": "HAR entries", "value": trace.entries}] if trace.entries is not None else []),
@@ -272,11 +304,68 @@ def report_notebook(analysis: Analysis, figure: str) -> nbformat.NotebookNode:
                    "exits 1 when the later one is worse.")
     reproduce = "The analysis reads only the file, so the same command gives the same report."
     notebook = nbformat.v4.new_notebook()
-    for section, text in (("verdict", verdict_text), ("impact", impact), ("root-cause", root_cause),
+    for section, text in (("next", next_text(analysis)), ("verdict", verdict_text), ("impact", impact), ("root-cause", root_cause),
                           ("results", results), ("plots", plots), ("environment", environment),
                           ("remediation", remediation), ("reproduce", reproduce)):
         notebook.cells.append(nbformat.v4.new_markdown_cell(text, metadata={"tags": [f"section-{section}"]}))
     return notebook
+
+
+def next_text(analysis: Analysis) -> str:
+    """What to do now about a capture: the strongest cause, where to look, and how to verify the fix."""
+    from gp_lib.next_steps import GUIDES
+
+    name = analysis.trace.path.name
+    verify = ("**After deploying the fix**, capture the same user flow again and compare:\n\n```sh\n"
+              f"gp analyze AFTER.{'har' if analysis.trace.kind == 'HAR' else 'jsonl'} --out OUT_AFTER\n"
+              "gp compare OUT OUT_AFTER\n```\n\n(OUT is this report's folder.)")
+    if not analysis.findings:
+        failed = [c.name for c in analysis.checks if c.failed]
+        if not failed:
+            return f"**Nothing to fix in `{name}`:** no check failed and no root cause has evidence."
+        return (f"**No known root cause explains the failing checks** ({', '.join(failed)}): "
+                f"{GUIDES['unknown'].where}\n\n{verify}")
+    top = analysis.findings[0]
+    guide = GUIDES.get(top.root_cause, GUIDES["unknown"])
+    return "\n\n".join([f"**Cause:** {guide.name} (`{top.root_cause}`)" + (f": {top.evidence[0]}." if top.evidence
+                                                                            else "."),
+                          f"**Where to look in the server:** {guide.where}",
+                          *([f"**Then prove it live:** `gp report --target URL --scenario {guide.scenario}`."]
+                            if guide.scenario else []),
+                          verify])
+
+
+def endings(attempts: pd.DataFrame, limit: int = 12) -> pd.DataFrame:
+    """How the attempts ended, counted: outcome, close code and reason (or HTTP status), most frequent first."""
+    columns = ["attempts", "outcome", "close code", "close reason or HTTP status"]
+    if not len(attempts):
+        return pd.DataFrame(columns=columns)
+    code = pd.to_numeric(attempts["close_code"], errors="coerce")
+    status = pd.to_numeric(attempts["handshake_status"], errors="coerce")
+    said = [f"HTTP {int(s)}" if pd.notna(s) and s != 101 else (r if isinstance(r, str) and r else "")
+            for s, r in zip(status, attempts["close_reason"])]
+    table = pd.DataFrame({"outcome": attempts["outcome"].fillna("unknown").astype(str),
+                          "close code": [str(int(c)) if pd.notna(c) else "not recorded" for c in code],
+                          "close reason or HTTP status": said})
+    counted = table.value_counts().rename("attempts").reset_index()
+    if len(counted) > limit:
+        rest = int(counted["attempts"].iloc[limit - 1:].sum())
+        counted = pd.concat([counted.iloc[:limit - 1], pd.DataFrame([{
+            "attempts": rest, "outcome": f"{len(counted) - limit + 1} other endings", "close code": "",
+            "close reason or HTTP status": ""}])], ignore_index=True)
+    return counted[columns]
+
+
+def run_kinds(runs: pd.DataFrame) -> pd.DataFrame:
+    """The agent runs grouped by how they ended and what they lacked, with an example run of each."""
+    table = runs.assign(missing=runs["missing"].fillna("").astype(str).replace("", "none"),
+                        ending=runs["ending"].fillna("").astype(str),
+                        problems=runs["problems"].fillna("").astype(str).map(lambda p: p.split("; ")[0]))
+    grouped = table.groupby(["ending", "missing", "problems"], sort=False).agg(
+        runs=("run_id", "size"), example=("run_id", "first")).reset_index()
+    grouped = grouped.sort_values("runs", ascending=False, kind="stable")
+    return grouped[["runs", "ending", "missing", "problems", "example"]].rename(
+        columns={"problems": "first problem", "example": "example run"})
 
 
 # -- the command line -----------------------------------------------------------------------------

@@ -114,8 +114,14 @@ def run(args: argparse.Namespace) -> int:
     except ParameterError as exc:
         print(f"gp report: error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever it quotes
         return 2
+    seen = run_preflight(plan)
+    if seen is not None and seen.stop:
+        write_stopped(plan, seen)
+        print(redact(f"gp report: error: {seen.stop}\ngp report: the run was stopped before its traffic: "
+                     f"{plan.out / 'summary.json'}"), file=sys.stderr)
+        return 2
     try:
-        summary = run_plan(plan)
+        summary = run_plan(plan, seen.to_dict() if seen is not None else None)
     except KeyboardInterrupt:
         print(f"gp report: interrupted: what finished is in {plan.out / 'summary.json'} and junit.xml",
               file=sys.stderr)
@@ -252,12 +258,52 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_plan(plan: Plan) -> dict[str, Any]:
-    """Execute every notebook of the plan, render the reports; the summary written to OUT."""
-    started_at = _now()
+def run_preflight(plan: Plan) -> Any:
+    """In live mode, one connection and the health routes before any notebook (`gp_lib.preflight`)."""
+    from gp_lib import preflight
+
+    params = next(iter(plan.parameters.values())).params
+    if params.mode != "live":
+        return None
+    _register_secrets(plan)
+    seen = preflight.run(params)
+    print(redact(f"gp: preflight: {seen.line()}"), file=sys.stderr, flush=True)
+    return seen
+
+
+def _register_secrets(plan: Plan) -> None:
+    """The secrets the run's tokens come from, redacted from everything it prints and writes."""
     for layered in plan.parameters.values():
         register_secret(os.environ.get(layered.params.jwt_secret_env))
         register_secret(os.environ.get(layered.params.bypass_key_env))
+
+
+def write_stopped(plan: Plan, seen: Any) -> None:
+    """What a run the preflight stopped leaves: summary.json (verdict error, the cause as its diagnosis),
+    junit.xml, and a report per scenario that says why it was not run."""
+    now = _now()
+    (plan.out / "notebooks").mkdir(parents=True, exist_ok=True)
+    why = f"not run: the preflight stopped the run: {seen.stop}"
+    outcomes = [Outcome(entry, plan.out / "notebooks" / entry.notebook, 0.0, {}, why) for entry in plan.entries]
+    for outcome in outcomes:
+        write_scenario_report(plan, outcome)
+    summary = {"run_id": plan.run_id, "mode": "live", "target": seen.target, "started_at": now, "finished_at": now,
+               "verdict": "error",
+               "scenarios": {e.scenario: {"verdict": "error", "report": e.report, "checks": [], "metrics": {},
+                                          "error": why} for e in plan.entries},
+               "diagnosis": [{"root_cause": seen.root_cause, "confidence": 0.99, "evidence": [seen.stop]}],
+               "preflight": seen.to_dict()}
+    (plan.out / "summary.json").write_text(report.summary_json(summary))
+    (plan.out / "junit.xml").write_text(report.junit_xml(summary, {}))
+    write_index(plan, summary, outcomes)
+    if plan.latest is not None:
+        _point(plan.latest, plan.out)
+
+
+def run_plan(plan: Plan, preflight: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Execute every notebook of the plan, render the reports; the summary written to OUT."""
+    started_at = _now()
+    _register_secrets(plan)
     (plan.out / "notebooks").mkdir(parents=True, exist_ok=True)
     outcomes: dict[str, Outcome] = {}
     interrupted = False
@@ -304,9 +350,11 @@ def run_plan(plan: Plan) -> dict[str, Any]:
         "interrupted": interrupted,
         "scenarios": {o.entry.scenario: scenario_summary(o) for o in ordered},
         "diagnosis": findings,
+        **({"preflight": dict(preflight)} if preflight else {}),
     }
     (plan.out / "summary.json").write_text(report.summary_json(summary))
     (plan.out / "junit.xml").write_text(report.junit_xml(summary, {o.entry.scenario: o.seconds for o in ordered}))
+    write_index(plan, summary, ordered)
     scrub(plan.out)
     if plan.latest is not None:
         _point(plan.latest, plan.out)
@@ -432,11 +480,18 @@ def scenario_summary(outcome: Outcome) -> dict[str, Any]:
              "dialect": outcome.scraps.get("summary", {}).get("dialect", {}) if not outcome.error else {}}
     if outcome.why:
         entry["error"] = outcome.why
+    elif outcome.scraps.get("failures_belong_to"):
+        entry["failures_belong_to"] = outcome.scraps["failures_belong_to"]
     return entry
 
 
 def write_scenario_report(plan: Plan, outcome: Outcome) -> Path:
     """Render the scenario's GOLDEN_PATH_*_TEST_REPORT.md from its executed notebook."""
+    return report.write_report(outcome.executed, plan.out, outcome.entry.report, scenario_context(plan, outcome))
+
+
+def scenario_context(plan: Plan, outcome: Outcome) -> report.ReportContext:
+    """What the batch knows about one scenario run, for its Markdown report and its part of index.html."""
     params = plan.parameters[outcome.entry.scenario].params
     facts = [("scenario", outcome.entry.scenario), ("mode", params.mode),
              ("target", params.target_url or "reference server, started per arm on 127.0.0.1"),
@@ -444,15 +499,23 @@ def write_scenario_report(plan: Plan, outcome: Outcome) -> Path:
              ("executed notebook", Trusted(f"[notebooks/{outcome.entry.notebook}]"
                                            f"(notebooks/{outcome.entry.notebook})")),
              ("duration", f"{outcome.seconds:.1f} s")]
-    context = report.ReportContext(scenario=outcome.entry.scenario, title=outcome.entry.title, verdict=outcome.verdict,
-                            error=outcome.why, facts=facts, command=plan.commands[outcome.entry.scenario],
-                            parameters=plan.parameters[outcome.entry.scenario].values)
-    return report.write_report(outcome.executed, plan.out, outcome.entry.report, context)
+    return report.ReportContext(scenario=outcome.entry.scenario, title=outcome.entry.title, verdict=outcome.verdict,
+                                error=outcome.why, facts=facts, command=plan.commands[outcome.entry.scenario],
+                                parameters=plan.parameters[outcome.entry.scenario].values,
+                                headline=None if outcome.error else outcome.scraps.get("headline"))
+
+
+def write_index(plan: Plan, summary: Mapping[str, Any], outcomes: list[Outcome]) -> Path:
+    """OUT/index.html: the run's summary and every scenario's report on one self-contained page."""
+    from gp_lib import index_html
+
+    return index_html.write(plan.out, summary, [(o.entry.title, o.executed, scenario_context(plan, o))
+                                                for o in outcomes])
 
 
 # -- after the run ----------------------------------------------------------------------------
 
-SCRUBBED = (".md", ".json", ".xml", ".ipynb", ".jsonl", ".log", ".txt", ".csv")
+SCRUBBED = (".md", ".json", ".xml", ".ipynb", ".jsonl", ".log", ".txt", ".csv", ".html")
 
 
 def scrub(out: Path) -> None:

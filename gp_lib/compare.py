@@ -26,8 +26,24 @@ def run(args: argparse.Namespace) -> int:
     except history.RunError as exc:
         print(f"gp compare: {exc}", file=sys.stderr)
         return 2
+    for line in mismatches(a, b):
+        print(f"gp compare: warning: {line}", file=sys.stderr)
     print(comparison_markdown(a, b))
     return 1 if history.regressions(a, b) else 0
+
+
+def mismatches(a: history.Run, b: history.Run) -> list[str]:
+    """Why the two runs may not be comparable: another mode, another target, no scenario in common."""
+    lines = []
+    if a.mode != b.mode:
+        lines.append(f"the runs differ in mode: A is {a.mode}, B is {b.mode} (a reference run tests the toolkit's "
+                     "own server, a live run yours): their checks and metrics do not measure the same thing")
+    if a.mode == b.mode and (a.target or None) != (b.target or None):
+        lines.append(f"the runs differ in target: A probed {a.target or 'the reference server'}, B "
+                     f"{b.target or 'the reference server'}")
+    if a.scenarios and b.scenarios and not set(a.scenarios) & set(b.scenarios):
+        lines.append(f"the runs have no scenario in common (A: {', '.join(a.scenarios)}; B: {', '.join(b.scenarios)})")
+    return lines
 
 
 def comparison_markdown(a: history.Run, b: history.Run) -> str:
@@ -41,9 +57,11 @@ def comparison_markdown(a: history.Run, b: history.Run) -> str:
                    + "\n".join(f"- {line}" for line in worse)
     else:
         headline = "**B is no worse than A**: no check that passed in A fails in B, and no verdict got worse."
+    warnings = mismatches(a, b)
     return "\n\n".join([
         f"# Run comparison: {a.run_id} (A) against {b.run_id} (B)",
         markdown_table(runs),
+        *(["**Warning:** " + "; ".join(warnings) + "."] if warnings else []),
         headline,
         "## Verdicts",
         markdown_table(history.verdict_changes(a, b)),

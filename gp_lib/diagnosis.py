@@ -97,9 +97,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from gp_lib import events, protocol
-from gp_lib.discovery import AUTH_PROBES, health_marks
+from gp_lib.discovery import AUTH_PROBES, INTRODUCTION, health_marks
 from gp_lib.checks import FAIL, ISSUE_REPRODUCED, Check, status_of
-from gp_lib.trace import FRAME_COLUMNS, UNREACHABLE_OUTCOMES, concat, load_jsonl
+from gp_lib.trace import FRAME_COLUMNS, UNREACHABLE_OUTCOMES, concat, load_jsonl, sent_before_ready
 
 RACE = "race_conditions"
 DEPENDENCIES = "service_dependencies"
@@ -373,6 +373,8 @@ def _prepare(attempts: pd.DataFrame, frames: pd.DataFrame | None) -> _Evidence:
     a["cut"] = a["closed_by"].isin(["server", "none"]) | (
         a["closed_by"].isna() & a["close_code"].notna() & (a["close_code"] != 1000))
     a["reason_class"] = a["close_reason"].map(_reason_class)
+    # the scenarios' own traffic: what their checks count, so that a count here and there is one count
+    a["traffic"] = ~_col(attempts, "condition").isin([INTRODUCTION, *AUTH_PROBES]).to_numpy()
 
     frames = frames if frames is not None and len(frames) else pd.DataFrame(columns=list(FRAME_COLUMNS))
     frames = frames.assign(**{name: None for name in FRAME_COLUMNS if name not in frames})
@@ -397,8 +399,7 @@ def _prepare(attempts: pd.DataFrame, frames: pd.DataFrame | None) -> _Evidence:
     a["not_ready_refusal"] = refused & (not_ready | a["text"].map(_names_dependency).astype(bool)) & ~said_auth
     a["rejected"] &= ~a["not_ready_refusal"]
     a["admitted"] = a["connected"] & ~a["rejected"]
-    a["early"] = a["admitted"] & a["t_first_send_ms"].notna() & (
-        a["t_ready_ms"].isna() | (a["t_first_send_ms"] < a["t_ready_ms"]))
+    a["early"] = a["admitted"] & sent_before_ready(a)
     # only the sockets that saw a run event: run_table walks socket by socket, ten times slower on a race storm
     with_runs = set(received.loc[received["type"].isin(protocol.RUN_EVENT_TYPES), "attempt_id"])
     users = attempts[[c for c in ("attempt_id", "user_id", "server_user") if c in attempts]].astype(object)
@@ -420,14 +421,14 @@ def _by_id(attempts: pd.DataFrame) -> pd.DataFrame:
 
 def _server_closes(a: pd.DataFrame, cause: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(the closes the server made, those whose reason names `cause`)."""
-    closes = a[a["cut"] & a["close_code"].notna()]
+    closes = a[a["cut"] & a["close_code"].notna() & a["traffic"]]
     return closes, closes[closes["reason_class"] == cause]
 
 
 def _contrast(a: pd.DataFrame, hit: pd.Series) -> tuple[int, int, int, int]:
     """`hit` among attempts that sent before readiness and among admitted ones that did not:
     (hits, attempts) of each."""
-    early, waited = a["early"], a["admitted"] & ~a["early"]
+    early, waited = a["early"] & a["traffic"], a["admitted"] & ~a["early"] & a["traffic"]
     return int((hit & early).sum()), int(early.sum()), int((hit & waited).sum()), int(waited.sum())
 
 

@@ -7,11 +7,14 @@ the order of `SECTIONS`; untagged cells stay in the notebook only.
 
 Scraps glued for batch runs and reviews (`glue_result`): `scenario`, `verdict`,
 `mode`, `target` (live mode only), `checks`, `arm_checks`, `metrics`, `diagnosis`, `params`,
-`traces`, `figures`, `summary`.
+`traces`, `figures`, `summary`, and when there is one, `headline` (the words after the report title's badge)
+and `failures_belong_to` (the root cause that failed this scenario's checks when its own was not seen).
 """
 
 from __future__ import annotations
 
+import ast
+import difflib
 import platform
 import shlex
 from importlib import metadata
@@ -23,9 +26,11 @@ import pandas as pd
 from gp_lib import escape
 from gp_lib.checks import Check, checks_table
 
-#: Report sections, in the order DESIGN.md gives; a cell joins one with the tag `section-<name>`.
-SECTIONS = ("verdict", "impact", "root-cause", "results", "plots", "environment", "remediation", "reproduce")
+#: Report sections, in order: what to do first, then the findings before their business impact (issue 11 changed
+#: DESIGN.md's order); a cell joins one with the tag `section-<name>`.
+SECTIONS = ("next", "verdict", "root-cause", "impact", "results", "plots", "environment", "remediation", "reproduce")
 SECTION_TITLES = {
+    "next": "What to do now",
     "verdict": "Verdict",
     "impact": "Business impact",
     "root-cause": "Technical root-cause analysis",
@@ -63,8 +68,10 @@ def _cell(value: Any) -> str:
     return escape.markdown(value)
 
 
-def verdict_markdown(result: Any, headline: Sequence[str] = ()) -> str:
-    """The verdict line and the headline figures."""
+def verdict_markdown(result: Any, headline: Sequence[str] = (), findings: Sequence[Any] = ()) -> str:
+    """The verdict line, whose failures they are when another root cause made them, and the headline figures."""
+    from gp_lib import next_steps
+
     badge = BADGES[result.verdict]
     if result.error:
         lines = [f"**Verdict: {badge}**: the run could not be made: {escape.markdown(result.error)}"]
@@ -86,6 +93,10 @@ def verdict_markdown(result: Any, headline: Sequence[str] = ()) -> str:
                     if failed else f"all {decided} passed")
                  + (f"; {len(undecided)} inconclusive on this target "
                     f"({', '.join(escape.markdown(c.name) for c in undecided)})" if undecided else "")]
+        other = next_steps.attribution(result, findings)
+        if other:
+            lines += ["", f"**These failures belong to another root cause: {other}.** This scenario's own cause, "
+                          f"{next_steps.GUIDES[result.scenario].name}, was not seen (the diagnosis says why)."]
     figures = [(name, result.metrics[name]) for name in _headline_keys(result, headline) if name in result.metrics]
     if figures:
         lines += ["", "| figure | value |", "| --- | --- |"] + [f"| {n} | {_cell(v)} |" for n, v in figures]
@@ -180,8 +191,62 @@ def diagnosis_markdown(findings: Sequence[Any]) -> str:
 
 
 def params_from(namespace: dict[str, Any], params_class: type) -> Any:
-    """The scenario's Params built from the notebook's parameter variables, validated."""
-    return params_class.from_mapping({name: namespace[name] for name in params_class.names() if name in namespace})
+    """The scenario's Params built from the notebook's parameter variables, validated.
+
+    A name assigned in the parameters cell or injected by papermill that the
+    scenario does not know (a typo) stops the notebook, naming it: left alone it
+    would leave the default in force without a word.
+
+    Raises:
+        ParameterError: naming the unknown parameter, or the first wrong value.
+    """
+    from gp_lib.scenarios.common import ParameterError
+
+    known = params_class.names()
+    unknown = [name for name in parameter_names(namespace.get("In") or []) if name not in known]
+    if unknown:
+        hints = [f"{name} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(name, known, 1)) else name
+                 for name in unknown]
+        raise ParameterError(f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(hints)}: set in the "
+                             f"parameters cell or injected by papermill, but {params_class.__module__} does not "
+                             f"know {'them' if len(unknown) > 1 else 'it'} (known: {', '.join(known)})")
+    return params_class.from_mapping({name: namespace[name] for name in known if name in namespace})
+
+
+def parameter_names(sources: Sequence[str]) -> list[str]:
+    """Names assigned by the parameter cells just run, from the executed cell sources (IPython's `In`).
+
+    A parameters cell, and the cell papermill injects after it, hold only
+    assignments of literal values. They are the run of such cells right before
+    the cell executing now, so a typo fixed and run again is forgotten.
+    """
+    cells = list(sources)
+    if cells and not _assigns_literals(cells[-1]):  # the cell running now
+        cells.pop()
+    names: dict[str, None] = {}
+    for source in reversed(cells):
+        body = _assigns_literals(source)
+        if not body:
+            break
+        names.update((target.id, None) for node in body for target in node.targets if isinstance(target, ast.Name))
+    return list(names)
+
+
+def _assigns_literals(source: str) -> list[ast.Assign]:
+    """The statements of `source` when it only assigns literal values, else an empty list."""
+    try:
+        body = ast.parse(source or "").body
+    except SyntaxError:
+        return []
+    return body if body and all(isinstance(node, ast.Assign) and _literal(node.value) for node in body) else []
+
+
+def _literal(node: ast.expr) -> bool:
+    try:
+        ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return False
+    return True
 
 
 # -- display in a notebook ------------------------------------------------------------------
@@ -212,6 +277,8 @@ def show_figure(figure: Any, name: str, result: Any, out_dir: str | Path, figure
 
 def glue_result(result: Any, findings: Sequence[Any], traces: Sequence[str], figures: Sequence[str]) -> None:
     """Glue the scraps that batch runs and reviews read (see the module docstring)."""
+    from gp_lib import next_steps
+
     glue({
         "scenario": result.scenario,
         "verdict": result.verdict,
@@ -225,6 +292,8 @@ def glue_result(result: Any, findings: Sequence[Any], traces: Sequence[str], fig
         "traces": list(traces),
         "figures": list(figures),
         "summary": result.summary(),
+        "headline": next_steps.headline(result, findings),
+        "failures_belong_to": next_steps.attribution(result, findings),
     })
 
 

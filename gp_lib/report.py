@@ -49,6 +49,7 @@ class ReportContext:
     facts: Sequence[tuple[str, str]]  # (item, value) rows under the title: run id, mode, target, ...
     command: str                 # the `gp report` command that repeats this run
     parameters: Mapping[str, Any]     # what the parameter layers set (shown if the notebook did not)
+    headline: str | None = None  # words after the title's badge, e.g. whose failures these are
 
 
 # -- the Markdown report --------------------------------------------------------------------
@@ -114,6 +115,9 @@ def sectioned(nb: nbformat.NotebookNode, context: ReportContext) -> nbformat.Not
                 cells.append(cell)
         if not cells:
             cells.append(nbformat.v4.new_markdown_cell(_gap(section, context)))
+        if section == "verdict":  # what the run was, at the top of the findings
+            cells.insert(0, nbformat.v4.new_markdown_cell(
+                markdown_table([{"item": k, "value": v} for k, v in context.facts])))
         if section == "reproduce":
             cells.append(nbformat.v4.new_markdown_cell(
                 f"The command that made this report:\n\n```sh\n{context.command}\n```"))
@@ -131,6 +135,9 @@ def _gap(section: str, context: ReportContext) -> str:
         parameters = [{"parameter": k, "value": v} for k, v in sorted(context.parameters.items())]
         return ("_The notebook showed no environment; what the batch knows:_\n\n" + markdown_table(versions)
                 + "\n\n**Parameters set for this run**\n\n" + markdown_table(parameters))
+    if section == "next" and context.error:
+        return ("Nothing could be tested (see above). Fix that first, then run it again:\n\n"
+                f"```sh\n{context.command}\n```")
     if context.error:
         return "_Not shown: the notebook stopped before this section._"
     return "_This notebook shows nothing for this section._"
@@ -180,11 +187,12 @@ def _name_images(nb: nbformat.NotebookNode, scenario: str, saved: Mapping[str, s
 
 
 def _header(context: ReportContext) -> str:
-    lines = [f"# {context.title}: {BADGES.get(context.verdict, context.verdict.upper())}", ""]
+    """The title (badge and headline) and, when the run could not be made, why; the facts open the verdict."""
+    badge = BADGES.get(context.verdict, context.verdict.upper())
+    lines = [f"# {context.title}: {badge}" + (f" ({context.headline})" if context.headline else "")]
     if context.error:
-        lines += [f"**The run could not be made:** {escape.markdown(context.error.rstrip('.'))}.", "",
-                  "The sections below hold what the notebook showed; the executed notebook has the details.", ""]
-    lines.append(markdown_table([{"item": k, "value": v} for k, v in context.facts]))
+        lines += ["", f"**The run could not be made:** {escape.markdown(context.error.rstrip('.'))}.", "",
+                  "The sections below hold what the notebook showed; the executed notebook has the details."]
     return "\n".join(lines)
 
 
@@ -220,7 +228,7 @@ def junit_xml(summary: Mapping[str, Any], seconds: Mapping[str, float]) -> str:
             counts["tests"] += 1
             counts["errors"] += 1
             error = ET.SubElement(case, "error", message=_xml(entry["error"]), type="run")
-            error.text = f"{_xml(entry['error'])}\nSee {entry['report']}."
+            error.text = f"{_xml(entry['error'])}\nSee {entry['report'] or 'summary.json'}."
         for key, value in counts.items():
             suite.set(key, str(value))
             totals[key] += value

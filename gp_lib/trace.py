@@ -192,6 +192,20 @@ def percentile(values: Any, q: float) -> float | None:
     return round(float(values.quantile(q)), 1) if len(values) else None
 
 
+def sent_before_ready(attempts: pd.DataFrame) -> pd.Series:
+    """The one definition of "sent before the readiness marker", for every report and the diagnosis: the
+    attempt's first message went out before the marker arrived, or the marker never came."""
+    send = pd.to_numeric(attempts["t_first_send_ms"], errors="coerce")
+    ready = pd.to_numeric(attempts["t_ready_ms"], errors="coerce")
+    return send.notna() & (ready.isna() | (send < ready))
+
+
+def admitted(attempts: pd.DataFrame) -> pd.Series:
+    """Attempts the server let in: upgraded, and not rejected for authentication."""
+    opened = pd.to_numeric(attempts["t_open_ms"], errors="coerce").notna()
+    return opened & (attempts["outcome"] != "auth_rejected")
+
+
 def connection_metrics(attempts: pd.DataFrame) -> dict[str, Any]:
     """The connection figures every scenario reports, named as k6 names them where the meaning is the same.
 

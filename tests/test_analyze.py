@@ -120,7 +120,8 @@ def test_a_malformed_har_is_analysed_with_its_problems_listed(tmp_path, capsys):
     report = (tmp_path / "out" / analyze.REPORT).read_text()
     assert "**11 parts of the file could not be read**" in report
     assert "| kind | HAR |" in report and "| HAR entries | 7 |" in report
-    assert "| har-004 | " in report and " | unknown | ready_timeout |" in report
+    assert "| 1 | ready_timeout | not recorded |  |" in report and "| 1 | auth_rejected | not recorded | HTTP 401 |" in report
+    assert "[traces/captured.jsonl](traces/captured.jsonl)" in report
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["scenarios"]["captured"]["metrics"]["problems"] == 11
     evidence = {c["name"]: c["evidence"] for c in summary["scenarios"]["captured"]["checks"]}
@@ -155,7 +156,7 @@ def test_a_trace_from_another_tool_may_lack_columns(tmp_path):
 
 @pytest.mark.parametrize("content, why", [
     (None, "cannot be read"),
-    ("", "holds no attempts and no frames"),
+    ("", "is empty, not a trace"),
     ("garbage\n", "not JSON"),
     ('{"some": "object"}\n', "record is neither 'attempt' nor 'frame'"),
     ('{"log": {"entries": 3}}', "not a HAR file"),
@@ -170,3 +171,71 @@ def test_an_unreadable_file_exits_2_naming_it(tmp_path, capsys, content, why):
     code, out, err = gp_analyze(capsys, path, "--out", tmp_path / "out")
     assert code == 2 and out == "" and str(path) in err and why in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content, what", [
+    (b"\x89PNG\r\n\x1a\n" + bytes(range(256)), "is a PNG image, not a trace"),
+    (b'{"run_id": "x", "verdict": "fail", "scenarios": {}}', "is a run's summary.json"),
+    (b'{"cells": [], "nbformat": 4, "metadata": {}}', "is a Jupyter notebook"),
+    (b'<?xml version="1.0"?>\n<testsuites/>', "is an XML file"),
+    (b"# WebSocket race conditions: FAIL\n", "is Markdown text"),
+])
+def test_a_file_that_is_not_a_trace_says_what_it_is_and_what_was_expected(tmp_path, capsys, content, what):
+    path = tmp_path / "picked-up.bin"
+    path.write_bytes(content)
+    code, out, err = gp_analyze(capsys, path, "--out", tmp_path / "out")
+    assert code == 2 and out == "" and what in err
+    assert "expected a toolkit JSONL trace" in err and "HAR saved from browser DevTools" in err
+
+
+def test_a_run_folder_points_at_its_traces(tmp_path, capsys):
+    (tmp_path / "run" / "traces").mkdir(parents=True)
+    (tmp_path / "run" / "traces" / "race_conditions-live.jsonl").write_text("")
+    code, _, err = gp_analyze(capsys, tmp_path / "run")
+    assert code == 2 and "is a directory (a run folder: analyze one of its traces" in err
+    assert "race_conditions-live.jsonl" in err
+
+
+def _many_attempts(n: int) -> tuple:
+    """`n` attempts, every other one closed 1011 by the server, the rest closed 1000 by the client."""
+    from gp_lib.trace import AttemptRecord, frame_row
+
+    records = []
+    for k in range(n):
+        failed = k % 2 == 0
+        record = AttemptRecord(f"a{k:03d}", user_id=f"u{k}", t_open_ms=2.0, t_ready_ms=None if failed else 15.0,
+                               t_first_send_ms=3.0, t_close_ms=20.0, close_code=1011 if failed else 1000,
+                               close_reason="Internal error" if failed else "", closed_by="server" if failed else "client",
+                               handshake_status=101, outcome="closed_1011" if failed else "ok", frames_sent=1)
+        record.frames += [frame_row(record.attempt_id, 3.0, "sent", {"type": "ping"}),
+                          frame_row(record.attempt_id, 20.0, "mark", None, kind="close")]
+        records.append(record)
+    return to_tables(records)
+
+
+def test_a_large_trace_is_summarised_with_the_attempts_left_in_the_trace_file(tmp_path, capsys):
+    trace = save_jsonl(tmp_path / "storm.jsonl", *_many_attempts(300))
+    code, _, _ = gp_analyze(capsys, trace, "--out", tmp_path / "out")
+    assert code == 1
+    report = (tmp_path / "out" / analyze.REPORT).read_text()
+    assert len(report.splitlines()) < 150  # a listing of every attempt made it 1,200 lines long
+    assert "| a150 |" not in report
+    assert "| 150 | closed_1011 | 1011 | Internal error |" in report and "| 150 | ok | 1000 |  |" in report
+    assert "an evenly spaced sample of 40, as its title says" in report
+    attempts, _ = load_jsonl(tmp_path / "out" / "traces" / "captured.jsonl")
+    assert len(attempts) == 300
+
+
+def test_the_timeline_tells_close_codes_apart_and_says_when_it_shows_a_sample():
+    from gp_lib.plots.history import trace_timeline
+
+    attempts, frames = _many_attempts(100)
+    figure = trace_timeline(attempts, frames)
+    title = figure.axes[0].get_title()
+    assert title.endswith("(a sample: 40 of 100 connections, evenly spaced)")
+    labels = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    assert "close 1011 (internal error) (20)" in labels and "close 1000 (normal) (20)" in labels
+    rows = [tick.get_text().split()[0] for tick in figure.axes[0].get_yticklabels()]
+    assert rows[0] == "a000" and rows[-1] == "a099" and len(set(rows)) == 40
+    small, small_frames = _many_attempts(4)
+    assert "sample" not in trace_timeline(small, small_frames).axes[0].get_title()

@@ -479,7 +479,8 @@ def test_an_unreachable_target_exits_2_with_verdict_error_and_says_so(tmp_path):
     for name, entry in summary["scenarios"].items():
         assert entry["verdict"] == "error" and "unreachable" in entry["error"]
         report = (tmp_path / "out" / entry["report"]).read_text()
-        assert report.startswith(f"# {batch.REGISTRY[name].title}: ERROR\n\n**The run could not be made:** target unreachable")
+        assert report.startswith(f"# {batch.REGISTRY[name].title}: ERROR\n\n**The run could not be made:** not run: the "
+                                 "preflight stopped the run: target unreachable")
 
 
 # -- scheduling examples ------------------------------------------------------------------------------

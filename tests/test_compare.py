@@ -44,6 +44,31 @@ def test_the_fix_direction_and_an_unchanged_run_exit_0(capsys):
     assert compare(capsys, GOOD, GOOD)[0] == 0
 
 
+def _moved(tmp_path, run, **changes) -> Path:
+    """A copy of a fixture run with summary.json fields changed."""
+    import json
+
+    copy = tmp_path / run.name
+    shutil.copytree(run, copy)
+    summary = json.loads((copy / "summary.json").read_text())
+    (copy / "summary.json").write_text(json.dumps({**summary, **changes}))
+    return copy
+
+
+def test_runs_of_another_target_or_mode_are_compared_with_a_warning(capsys, tmp_path):
+    code, out, err = compare(capsys, GOOD, GOOD)
+    assert code == 0 and "warning" not in err.lower() and "**Warning:**" not in out
+
+    elsewhere = _moved(tmp_path, GOOD, target="wss://prod.example/ws")
+    code, out, err = compare(capsys, GOOD, elsewhere)
+    assert "gp compare: warning: the runs differ in target: A probed ws://staging.example/ws, B wss://prod.example/ws" in err
+    assert "**Warning:** the runs differ in target" in out
+
+    reference = _moved(tmp_path / "r", GOOD, mode="reference", target=None)
+    code, out, err = compare(capsys, reference, GOOD)
+    assert "the runs differ in mode: A is reference, B is live" in err and "differ in target" not in err
+
+
 @pytest.mark.parametrize("broken, named", [
     ("missing", "missing: no such run directory or summary.json"),
     ("broken/summary.json", "broken/summary.json: not a readable JSON file"),

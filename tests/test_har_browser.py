@@ -30,19 +30,14 @@ from websockets.asyncio.client import connect
 
 from gp_lib import analyze, cli, har
 from gp_lib.auth import mint_token, subprotocol_offer
+from chromium_cdp import START_DEADLINE_S, Session, chromium, needs_chromium
 
-CHROMIUM = Path("/usr/bin/chromium")
 SCALE = float(os.environ.get("GP_TIME_SCALE", "1"))
-START_DEADLINE_S = 20 * SCALE
 SESSION_DEADLINE_S = 15 * SCALE
 RUNS = 2
 USER = "alice-browser"
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
-                                                     "(apt-get install -y chromium)"),
-]
+pytestmark = needs_chromium
 
 PAGE = """<!doctype html>
 <title>golden path session</title>
@@ -98,49 +93,15 @@ def serving(html: str) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def devtools(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A headless Chromium with a fresh profile; yields its browser DevTools WebSocket URL."""
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    log = (profile.parent / "chromium.log").open("wb")
-    browser = subprocess.Popen(
-        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
-    try:
-        active = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + START_DEADLINE_S
-        while not (active.exists() and len(active.read_text().splitlines()) >= 2):
-            assert browser.poll() is None, f"chromium exited with {browser.returncode}; see {log.name}"
-            assert time.monotonic() < deadline, f"chromium wrote no DevToolsActivePort in {START_DEADLINE_S:g} s"
-            time.sleep(0.05)
-        port, path = active.read_text().splitlines()[:2]
-        yield f"ws://127.0.0.1:{port}{path}"
-    finally:
-        browser.terminate()
-        try:
-            browser.wait(5)
-        except subprocess.TimeoutExpired:
-            browser.kill()
-            browser.wait(5)
-        log.close()
+    with chromium(tmp_path_factory.mktemp("chromium") / "profile") as url:
+        yield url
 
 
 async def capture(devtools_url: str, page_url: str) -> list[dict[str, Any]]:
     """Open `page_url` in a new tab and record its WebSocket events until every socket closed."""
-    events: list[dict[str, Any]] = []
     async with connect(devtools_url, max_size=2**24, proxy=None) as cdp:
-        calls = iter(range(1, 1_000_000))
-
-        async def call(method: str, params: dict[str, Any] | None = None, session: str | None = None) -> dict:
-            number = next(calls)
-            await cdp.send(json.dumps({"id": number, "method": method, "params": params or {},
-                                       **({"sessionId": session} if session else {})}))
-            while True:
-                message = json.loads(await cdp.recv())
-                if message.get("id") == number:
-                    assert "error" not in message, f"{method}: {message['error']}"
-                    return message["result"]
-                events.append(message)
-
+        browser = Session(cdp)
+        events, call = browser.events, browser.call
         target = (await call("Target.createTarget", {"url": "about:blank"}))["targetId"]
         session = (await call("Target.attachToTarget", {"targetId": target, "flatten": True}))["sessionId"]
         await call("Network.enable", {}, session)

@@ -2,6 +2,7 @@
 
 import nbformat
 import pandas as pd
+import pytest
 import scrapbook as sb
 
 from gp_lib import notebook as nb
@@ -83,3 +84,27 @@ def test_scraps_are_read_by_scrapbook(tmp_path):
     nbformat.write(notebook, path)
     scraps = sb.read_notebook(str(path)).scraps
     assert {name: scrap.data for name, scrap in scraps.items()} == values
+
+
+def test_parameter_names_come_from_cells_of_literal_assignments_only():
+    running = 'from gp_lib import notebook as nb\nparams = nb.params_from(globals(), P)'
+    papermill = ['', 'target_url = None  # a comment\nsweep_repeats = 3\nsend_delays_ms = [0, -1]',
+                 '# Parameters\nsweep_repeat = 1\n', running]     # the injected cell, with a typo
+    assert sorted(nb.parameter_names(papermill)) == ["send_delays_ms", "sweep_repeat", "sweep_repeats", "target_url"]
+    assert sorted(nb.parameter_names(papermill[:-1])) == sorted(nb.parameter_names(papermill))  # `In` not yet updated
+    # in JupyterLab: the typo run, then fixed and run again: only the latest parameters count
+    lab = ['', 'sweep_repeat = 1', running, 'result = run(params)\nfigures = []', 'sweep_repeats = 1', running]
+    assert nb.parameter_names(lab) == ["sweep_repeats"]
+    assert nb.parameter_names(['', 'x = 1 +', running]) == []
+
+
+def test_an_unknown_parameter_stops_the_notebook_naming_it():
+    from gp_lib.scenarios import race_conditions
+    from gp_lib.scenarios.common import ParameterError
+
+    namespace = {"In": ["", "sweep_repeats = 3\nrapid_cycles = 2", "# Parameters\nsweep_repeat = 1\n"],
+                 "sweep_repeats": 3, "rapid_cycles": 2, "sweep_repeat": 1}
+    with pytest.raises(ParameterError, match=r"unknown parameter sweep_repeat \(did you mean sweep_repeats\?\)"):
+        nb.params_from(namespace, race_conditions.Params)
+    namespace["In"] = namespace["In"][:2]
+    assert nb.params_from(namespace, race_conditions.Params).sweep_repeats == 3

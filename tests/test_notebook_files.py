@@ -69,3 +69,17 @@ def test_the_parameters_cell_holds_exactly_the_params_fields(name):
     names = [node.targets[0].id for node in ast.parse(source).body]
     assert len(names) == len(set(names)), f"{name}: a parameter is set twice"
     assert sorted(names) == sorted(PARAMS[name].names()), f"{name}: parameters cell and Params differ"
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_papermill_parses_every_parameter_without_a_warning(name, caplog):
+    """papermill inspects the parameters cell to warn about unknown parameters; a line it cannot parse
+    (one with a second `=`, e.g. `>=` in a comment) logs "Unable to parse line" and drops the parameter."""
+    from papermill.translators import PythonTranslator
+
+    cells = _cells(NOTEBOOKS[0].parent / name)
+    cell = next(c for c in cells if "parameters" in c["metadata"].get("tags", []))
+    with caplog.at_level("WARNING", logger="papermill"):
+        parsed = PythonTranslator.inspect({"source": "".join(cell["source"])})
+    assert not [r.getMessage() for r in caplog.records], f"{name}: papermill warned"
+    assert sorted(p.name for p in parsed) == sorted(PARAMS[name].names())

@@ -100,6 +100,7 @@ def test_sections_in_design_order_under_their_titles(rendered):
     headings = re.findall(r"^## (.+)$", text, flags=re.M)
     assert headings == [SECTION_TITLES[s] for s in SECTIONS]
     assert text.index("VERDICT-TEXT") < text.index("IMPACT-TEXT") < text.index("| a | PASS |")
+    assert headings[:4] == ["What to do now", "Verdict", "Technical root-cause analysis", "Business impact"]
 
 
 def test_untagged_cells_code_and_noise_are_left_out(rendered):
@@ -138,6 +139,24 @@ def test_reproduce_section_ends_with_the_batch_command(rendered):
     tail = text[text.index("## Reproduce this run"):]
     assert "gp report --target ws://127.0.0.1:9/ws --scenario race_conditions" in tail
     assert "_This notebook shows nothing for this section._" in tail
+
+
+def test_what_to_do_now_opens_the_report_and_the_title_says_whose_failures_these_are():
+    nb = executed_notebook()
+    nb.cells.append(_code("nb.show(next)", [_markdown("**Cause:** NEXT-TEXT")], "next"))
+    text, _ = render(nb, context(headline="caused by factory_initialization, not by the handshake race"))
+    lines = text.splitlines()
+    assert lines[0] == "# WebSocket race conditions: FAIL (caused by factory_initialization, not by the handshake race)"
+    assert lines[2] == "## What to do now" and lines[4] == "**Cause:** NEXT-TEXT"
+    verdict = text[text.index("## Verdict"):text.index("## Technical root-cause analysis")]
+    assert verdict.index("| run | 20261130T120000Z |") < verdict.index("VERDICT-TEXT")  # what the run was, then how it went
+
+
+def test_a_run_that_could_not_be_made_says_what_to_do_first():
+    text, _ = render(new_notebook(), context(verdict="error", error="target unreachable: none of 3 attempts connected"))
+    section = text[text.index("## What to do now"):text.index("## Verdict")]
+    assert "Fix that first, then run it again" in section
+    assert "gp report --target ws://127.0.0.1:9/ws --scenario race_conditions" in section
 
 
 def test_a_report_of_a_failed_notebook_says_so_plainly_and_still_has_environment():

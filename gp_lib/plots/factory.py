@@ -23,6 +23,8 @@ PHASE_LABELS = {
 GROUPS = {fi.HEALTH: "health checks", fi.SEND_AT_ONCE: "fresh connections", fi.SEND_AFTER_READY: "fresh connections",
           fi.FAULTY_START: "start with faulty config", fi.RESTARTED: "restart / reconnect",
           fi.FIRST_CONNECT: "restart / reconnect", fi.RECONNECT: "restart / reconnect"}
+#: The deliberate start with the faulty configuration: drawn, but counted by no check, metric or diagnosis.
+CONTROL = "start with faulty config"
 GROUP_COLOURS = {"health checks": "#1565c0", "fresh connections": "#8e24aa", "start with faulty config": "#cfd8dc",
                  "restart / reconnect": "#607d8b"}
 CONDITION_STYLES = {fi.SEND_AT_ONCE: ("#e65100", "sent at once"),
@@ -99,12 +101,15 @@ def close_reasons(result: Any) -> Any:
         counts = table.groupby(["ending", "group"]).size().unstack(fill_value=0)
         counts = counts.loc[counts.sum(axis=1).sort_values().index]
         left = np.zeros(len(counts))
+        control = counts[CONTROL].to_numpy() if CONTROL in counts.columns else np.zeros(len(counts))
         for group in [g for g in GROUP_COLOURS if g in counts.columns]:
             values = counts[group].to_numpy()
-            ax.barh(counts.index, values, left=left, color=GROUP_COLOURS[group], label=group)
+            label = f"{group} (a control: not counted)" if group == CONTROL else group
+            ax.barh(counts.index, values, left=left, color=GROUP_COLOURS[group], label=label)
             left += values
-        for y, total in enumerate(left):
-            ax.text(total, y, f" {int(total)}", va="center", fontsize=8)
+        for y, (total, extra) in enumerate(zip(left, control)):  # the counts the report's text gives
+            ax.text(total, y, f" {int(total - extra)}" + (f" (+{int(extra)} control)" if extra else ""),
+                    va="center", fontsize=8)
         ax.set_xlim(right=max(left.max() * 1.15, 1))
         ax.set_xlabel("connection attempts")
         ax.tick_params(axis="y", labelsize=8)

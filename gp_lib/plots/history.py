@@ -111,23 +111,32 @@ FRAME_COLOURS = {"agent_started": "#1565c0", "agent_thinking": "#6a1b9a", "tool_
                  "tool_completed": "#f9a825", "agent_completed": "#2e7d32", "ready": "#00838f",
                  "error": "#c62828", "other": "#9e9e9e"}
 MAX_TIMELINE_ROWS = 40
+#: Close marks by code: a normal end, the incident class, an auth or limit rejection, anything else.
+CLOSE_COLOURS = {"close 1000 (normal)": "#9e9e9e", "close 1011 (internal error)": "#c62828",
+                 "close 1008 (policy: auth or limit)": "#ef6c00", "close, other code": "#6a1b9a",
+                 "close, code not recorded": "#000000"}
 
 
 def trace_timeline(attempts: pd.DataFrame, frames: pd.DataFrame) -> plt.Figure:
     """A captured trace, one row per connection: every frame at its time, coloured by kind.
 
     Received frames are dots (the five agent events in their own colours,
-    readiness, errors, the rest grey), sent frames are black triangles, a
-    recorded close is a red x. The legend counts each kind and always lists
-    the five events, so one that never came reads "(0)". Beyond MAX_TIMELINE_ROWS connections the rest are left out, and
-    the title says so.
+    readiness, errors, the rest grey), sent frames are black triangles, and a
+    close is an x in the colour of its code (1000 normal, 1011, 1008, others),
+    counted per code in the legend. The legend counts each kind and always
+    lists the five events, so one that never came reads "(0)". Beyond
+    MAX_TIMELINE_ROWS connections an evenly spaced sample is drawn, and the
+    title says so.
     """
-    ids = list(dict.fromkeys(attempts["attempt_id"]))[:MAX_TIMELINE_ROWS] if len(attempts) else []
+    every = list(dict.fromkeys(attempts["attempt_id"])) if len(attempts) else []
+    ids = timeline_sample(every)
     users = dict(zip(attempts["attempt_id"], attempts["user_id"])) if len(attempts) else {}
+    codes = dict(zip(attempts["attempt_id"], pd.to_numeric(attempts["close_code"], errors="coerce"))) \
+        if len(attempts) else {}
     fig, ax = plt.subplots(figsize=(11, max(2.5, 0.45 * len(ids) + 1.6)))
-    hidden = len(attempts) - len(ids)
     ax.set_title("Captured trace: frames per connection over time"
-                 + (f" (first {len(ids)} connections; {hidden} more not drawn)" if hidden > 0 else ""))
+                 + (f" (a sample: {len(ids)} of {len(every)} connections, evenly spaced)" if len(ids) < len(every)
+                    else ""))
     ax.set_xlabel("time since the connection started (ms)")
     ax.grid(alpha=0.3, axis="x")
     shown = frames[frames["attempt_id"].isin(ids)] if len(frames) else frames
@@ -148,16 +157,34 @@ def trace_timeline(attempts: pd.DataFrame, frames: pd.DataFrame) -> plt.Figure:
     if any(sent):
         legend["sent"] = ax.scatter(t[sent], y[sent], s=50, marker=">", color="black", label="sent by the client",
                                     zorder=3)
-    closes = [k == "close" for k in kinds]
-    if any(closes):
-        legend["close"] = ax.scatter(t[closes], y[closes], s=70, marker="x", color="#c62828", label="close",
-                                     zorder=3)
+    close_labels = [_close_label(codes.get(a)) if k == "close" else None for a, k in zip(shown["attempt_id"], kinds)]
+    for label, colour in CLOSE_COLOURS.items():
+        picked = [c == label for c in close_labels]
+        if any(picked):
+            legend[label] = ax.scatter(t[picked], y[picked], s=70, marker="x", color=colour,
+                                       label=f"{label} ({sum(picked)})", zorder=4)
     ax.set_yticks(range(len(ids)), [f"{a} ({users.get(a) or 'user unknown'})" for a in ids], fontsize=8)
     ax.set_ylim(len(ids) - 0.5, -0.5)
     ax.legend(handles=list(legend.values()), fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
               frameon=False)
     fig.tight_layout()
     return fig
+
+
+def timeline_sample(ids: list[str], limit: int = MAX_TIMELINE_ROWS) -> list[str]:
+    """`ids`, or an evenly spaced sample of `limit` of them (first and last kept), in order."""
+    if len(ids) <= limit:
+        return list(ids)
+    step = (len(ids) - 1) / (limit - 1)
+    return [ids[round(k * step)] for k in range(limit)]
+
+
+def _close_label(code: float | None) -> str:
+    if code is None or pd.isna(code):
+        return "close, code not recorded"
+    code = int(code)
+    return {1000: "close 1000 (normal)", 1011: "close 1011 (internal error)",
+            1008: "close 1008 (policy: auth or limit)"}.get(code, "close, other code")
 
 
 def _kind(direction: str, kind: str | None) -> str:

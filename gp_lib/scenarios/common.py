@@ -24,13 +24,13 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Awaitable, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
 import pandas as pd
 from websockets.exceptions import InvalidURI
 from websockets.uri import parse_uri
 
-from gp_lib import auth
+from gp_lib import auth, protocol
 from gp_lib.checks import Check, reference_checks, verdict
 from gp_lib.client import TracedConnection
 from gp_lib.redact import is_secret_name, redact, register_secret
@@ -451,18 +451,44 @@ async def _observe(module: ScenarioModule, target: Target, dialect: Dialect | No
     return observation
 
 
+#: Outcomes after which nothing about the four root causes can be seen.
+UNTESTABLE_OUTCOMES = UNREACHABLE_OUTCOMES | {"auth_rejected"}
+
+
 def unreachable_error(observations: Mapping[str, Observation]) -> str | None:
-    """Why the run could not be made, when no attempt of any arm reached the target; else None."""
+    """Why nothing could be tested, when every attempt of every arm was refused, never reached the
+    target or was rejected for authentication (the run exits 2, not 1); else None."""
     attempts = concat(o.attempts for o in observations.values())
-    if not len(attempts) or not attempts["outcome"].isin(UNREACHABLE_OUTCOMES | CLIENT_OUTCOMES).all():
+    if not len(attempts) or not attempts["outcome"].isin(UNTESTABLE_OUTCOMES | CLIENT_OUTCOMES).all():
         return None
     if attempts["outcome"].isin(CLIENT_OUTCOMES).any():  # the client's own limits, not the target's
         first = attempts.loc[attempts["outcome"].isin(CLIENT_OUTCOMES), "error"].dropna()
         return (f"the client could not make {len(attempts)} attempts ({outcome_counts(attempts)})"
                 + (f": {first.iloc[0]}" if len(first) else ""))
     first = attempts["error"].dropna()
-    return (f"target unreachable: none of {len(attempts)} attempts connected ({outcome_counts(attempts)})"
-            + (f"; first error: {first.iloc[0]}" if len(first) else ""))
+    statuses = pd.to_numeric(attempts["handshake_status"], errors="coerce").dropna()
+    if attempts["outcome"].isin(UNREACHABLE_OUTCOMES).all():
+        if len(statuses):  # the target answered, but never with the upgrade: evidence, not silence
+            return (f"nothing could be tested: none of {len(attempts)} attempts got past the upgrade ("
+                    + ", ".join(f"HTTP {int(code)} x{n}" for code, n in statuses.value_counts().items())
+                    + f"; {outcome_counts(attempts)})" + (f"; first error: {first.iloc[0]}" if len(first) else ""))
+        return (f"target unreachable: none of {len(attempts)} attempts connected ({outcome_counts(attempts)})"
+                + (f"; first error: {first.iloc[0]}" if len(first) else ""))
+    reasons = attempts["close_reason"].dropna()
+    said = next(iter(_error_texts(concat(o.frames for o in observations.values()))), None)
+    said = said or (first.iloc[0] if len(first) else reasons.iloc[0] if len(reasons) else "")
+    return (f"nothing could be tested: every one of {len(attempts)} attempts was refused or rejected for "
+            f"authentication ({outcome_counts(attempts)})" + (f"; the server said: {said}" if said else ""))
+
+
+def _error_texts(frames: pd.DataFrame) -> Iterator[str]:
+    """The texts of the error frames received, in order."""
+    if not len(frames):
+        return
+    for row in frames[frames["direction"] == "received"].to_dict(orient="records"):
+        message = protocol.message_from_row(row)
+        if protocol.is_error(message) and protocol.message_text(message):
+            yield str(protocol.message_text(message))
 
 
 def outcome_counts(attempts: pd.DataFrame) -> str:

@@ -582,7 +582,7 @@ def interpret(result: ScenarioResult) -> str:
                           "configuration, then restart."]
         if "configs_rejected" in fixed:
             lines += ["", f"The factory's own validation rejects {fixed['configs_rejected']} of "
-                          f"{fixed['configs_checked']} configurations of the test plan (table above): validate the "
+                          f"{fixed['configs_checked']} configurations of the test plan (the validation table under Test execution results): validate the "
                           "configuration at deploy time, before the service takes traffic."]
         return "\n".join(lines)
     return _reading(result.metrics)

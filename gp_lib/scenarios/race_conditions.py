@@ -44,7 +44,7 @@ from gp_lib import protocol
 from gp_lib.checks import Check, ratio_check
 from gp_lib.scenarios.common import (CommonParams, Observation, ParameterError, ScenarioResult, Target,
                                      bounded_gather, list_field, outcome_counts, run_scenario)
-from gp_lib.trace import AttemptRecord, connection_metrics
+from gp_lib.trace import AttemptRecord, admitted, connection_metrics, sent_before_ready
 
 NAME = "race_conditions"
 HEADLINE = ("attempts", "closed_1011", "success_rate", "race_window_ms")
@@ -246,7 +246,8 @@ def rapid_cycle_events(attempts: pd.DataFrame, frames: pd.DataFrame) -> pd.DataF
 
 
 def race_window_ms(attempts: pd.DataFrame) -> float | None:
-    """The longest first-send delay that still saw a 1011 among attempts that did not wait for readiness."""
+    """The longest planned first-send delay that still saw a 1011 among attempts that did not wait for
+    readiness (`evaluate` reports it only when the 1011s follow send timing, as a race's do)."""
     early = _early(attempts)
     failing = early.loc[early["outcome"] == "closed_1011", "send_delay_ms"]
     return float(failing.max()) if len(failing) else None
@@ -272,11 +273,12 @@ def evaluate(observation: Observation, params: Params) -> tuple[list[Check], dic
     total = len(attempts)
     failed = int((attempts["outcome"] == "closed_1011").sum())
     ok = int((attempts["outcome"] == "ok").sum())
-    waited = attempts[attempts["wait_ready"]]
+    before, after = _by_send_timing(attempts)
+    failed_before = int((before["outcome"] == "closed_1011").sum())
+    failed_after = int((after["outcome"] == "closed_1011").sum())
+    race_like = failed_before > 0 and _share(failed_after, len(after)) * 3 <= _share(failed_before, len(before))
     early = _early(attempts)
-    failed_early = int((early["outcome"] == "closed_1011").sum())
-    failed_waited = int((waited["outcome"] == "closed_1011").sum())
-    window = race_window_ms(attempts)
+    window = race_window_ms(attempts) if race_like else None
     opened = pd.to_numeric(attempts["t_open_ms"], errors="coerce").dropna()
     burst = early_messages(attempts, frames)
     answered = int(burst["answered"].sum()) if len(burst) else 0
@@ -284,8 +286,8 @@ def evaluate(observation: Observation, params: Params) -> tuple[list[Check], dic
     complete = int((cycles["agent_started"] & cycles["agent_completed"]).sum()) if len(cycles) else 0
     mean_connect = float(opened.mean()) if len(opened) else None
 
-    evidence_1011 = (f"{failed} of {total} attempts closed 1011: {failed_early} of {len(early)} that sent before "
-                     f"readiness, {failed_waited} of {len(waited)} that waited for it"
+    evidence_1011 = (f"{failed} of {total} attempts closed 1011: {failed_before} of {len(before)} that sent before "
+                     f"the readiness marker, {failed_after} of {len(after)} that did not"
                      + (f"; latest failing send delay {window:g} ms" if window is not None else ""))
     if not len(opened):  # a 1011 needs an upgrade: nothing that never connected can show one
         evidence_1011 = f"none of {total} attempts upgraded ({outcome_counts(attempts)}): no 1011 to judge" if total \
@@ -305,15 +307,16 @@ def evaluate(observation: Observation, params: Params) -> tuple[list[Check], dic
         "attempts": total,
         "ok": ok,
         "closed_1011": failed,
-        "closed_1011_early_send": failed_early,
-        "attempts_early_send": len(early),
-        "closed_1011_wait_ready": failed_waited,
-        "attempts_wait_ready": len(waited),
+        "closed_1011_sent_before_ready": failed_before,
+        "attempts_sent_before_ready": len(before),
+        "closed_1011_not_sent_before_ready": failed_after,
+        "attempts_not_sent_before_ready": len(after),
         "success_rate": round(ok / total, 4) if total else None,
         "ws_connecting_mean_ms": _round(mean_connect),
         **connection_metrics(attempts),
         "race_window_ms": window,
-        **{f"race_window_ms_c{c}": race_window_ms(early[early["concurrency"] == c]) for c in _levels(params, early)},
+        **{f"race_window_ms_c{c}": race_window_ms(early[early["concurrency"] == c]) if race_like else None
+           for c in _levels(params, early)},
         "early_messages_sent": len(burst),
         "early_messages_answered": answered,
         "rapid_cycles": len(cycles),
@@ -337,6 +340,18 @@ def labelled(attempts: pd.DataFrame) -> pd.DataFrame:
     """The attempts with this scenario's columns, present even when no attempt was made; `wait_ready` boolean."""
     attempts = attempts.assign(**{name: None for name in SCENARIO_COLUMNS if name not in attempts})
     return attempts.assign(wait_ready=attempts["wait_ready"].astype("boolean").fillna(False).astype(bool))
+
+
+def _by_send_timing(attempts: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(admitted attempts that sent before the readiness marker, those that did not), as the diagnosis
+    counts them (`gp_lib.trace.sent_before_ready`)."""
+    let_in = admitted(attempts)
+    before = sent_before_ready(attempts)
+    return attempts[let_in & before], attempts[let_in & ~before]
+
+
+def _share(part: int, whole: int) -> float:
+    return part / whole if whole else 0.0
 
 
 def _early(attempts: pd.DataFrame) -> pd.DataFrame:
@@ -374,6 +389,8 @@ def interpret(result: ScenarioResult) -> str:
 
 
 def _interpret_arm(arm: str, m: dict[str, Any], longest_delay_ms: float) -> str:
+    """One arm in words. The counts of 1011 by send timing are the diagnosis's and the checks': stated
+    there once, not repeated here."""
     who = {"faulty": "With the fault injected", "fixed": "With the fix", "live": "Against the target"}[arm]
     if not m.get("attempts"):
         return f"{who}, no attempt was made."
@@ -381,23 +398,22 @@ def _interpret_arm(arm: str, m: dict[str, Any], longest_delay_ms: float) -> str:
         return (f"{who}, none of {m['attempts']} attempts closed 1011, but none succeeded either: they ended "
                 f"otherwise (see the close codes: authentication, timeouts), so nothing can be said about the race.")
     if not m.get("closed_1011"):
-        return (f"{who}, none of {m['attempts']} attempts closed 1011, including {m['attempts_early_send']} that "
-                f"sent before the readiness marker: early messages are queued, no handshake race is visible. "
+        return (f"{who}, none of {m['attempts']} attempts closed 1011, including {m['attempts_sent_before_ready']} "
+                f"that sent before the readiness marker: early messages are queued, no handshake race is visible. "
                 f"Median upgrade {m['ws_connecting_p50_ms']} ms, median readiness {m['ready_p50_ms']} ms.")
-    text = (f"{who}, {m['closed_1011_early_send']} of {m['attempts_early_send']} attempts that sent before "
-            f"readiness closed 1011, against {m['closed_1011_wait_ready']} of {m['attempts_wait_ready']} that "
-            f"waited for the marker.")
-    if m["closed_1011_wait_ready"]:
-        return text + (" Waiting for readiness does not avoid the 1011, so it is not (only) the handshake race: "
-                       "look at factory initialization or missing services.")
+    if m.get("race_window_ms") is None:
+        return (f"{who}, the 1011 closes came whether or not the client sent before the readiness marker "
+                f"({m['closed_1011_not_sent_before_ready']} of them among attempts that did not): waiting does not "
+                "avoid them, so they are not the handshake race. The diagnosis above names their cause.")
     windows = {int(k.rsplit("_c", 1)[1]): v for k, v in m.items() if k.startswith("race_window_ms_c")}
     spread = ", ".join(f"{'none' if v is None else f'{v:g} ms'} at concurrency {c}" for c, v in sorted(windows.items()))
-    text += (f" That is the handshake race: a message handled before per-connection setup finished. "
-             f"The latest failing send delay (the race window) is {spread}.")
+    text = (f"{who}, the 1011 closes follow send timing (counts in the diagnosis and in no_1011_closes): that is "
+            f"the handshake race, a message handled before per-connection setup finished. The latest failing "
+            f"send delay (the race window) is {spread}.")
     known = [(c, v) for c, v in sorted(windows.items()) if v is not None]
     if len(known) > 1 and known[-1][1] > known[0][1]:
         text += " The window widens with concurrent connects: setup slows down when many connections are in it."
-    if m.get("race_window_ms") is not None and m["race_window_ms"] >= longest_delay_ms:
+    if m["race_window_ms"] >= longest_delay_ms:
         text += (f" Even the longest delay tried ({longest_delay_ms:g} ms) saw a 1011, so the window may be wider: "
                  f"add longer delays to `send_delays_ms` to find its end.")
     return text

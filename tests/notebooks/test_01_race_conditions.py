@@ -31,7 +31,7 @@ def test_reference_mode_reproduces_the_race_and_verifies_the_fix(run_notebook):
     metrics = scraps["metrics"]
     assert metrics["faulty.closed_1011"] > 0 and metrics["fixed.closed_1011"] == 0
     assert metrics["faulty.race_window_ms"] == 0 and metrics["fixed.race_window_ms"] is None
-    assert metrics["faulty.closed_1011_wait_ready"] == 0
+    assert metrics["faulty.closed_1011_not_sent_before_ready"] == 0
     assert len(scraps["figures"]) == 4 and all(Path(p).stat().st_size > 10_000 for p in scraps["figures"])
     assert sorted(Path(p).name for p in scraps["traces"]) == ["race_conditions-faulty.jsonl",
                                                                "race_conditions-fixed.jsonl"]
@@ -50,3 +50,13 @@ def test_live_mode_against_the_race_fault_fails_with_the_checks_it_breaks(run_no
     assert " attempts closed 1011: " in failed["no_1011_closes"] and "0 of 3 messages" in failed["early_messages_answered"]
     assert scraps["diagnosis"][0]["root_cause"] == rc.NAME
     assert server.secret not in scraps["_executed"].read_text()
+
+
+@pytest.mark.notebook
+def test_a_parameter_typo_injected_by_papermill_stops_the_notebook_naming_it(run_notebook):
+    from papermill.exceptions import PapermillExecutionError
+
+    with pytest.raises(PapermillExecutionError) as raised:
+        run_notebook(NOTEBOOK, {**SMALL, "sweep_repeat": 1}, timeout_s=TIMEOUT_S)
+    assert raised.value.ename == "ParameterError"
+    assert "unknown parameter sweep_repeat (did you mean sweep_repeats?)" in raised.value.evalue

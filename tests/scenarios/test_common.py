@@ -65,6 +65,20 @@ async def test_an_unreachable_target_is_an_error_not_a_failure(monkeypatch):
     assert "refused" in result.error
 
 
+async def test_a_run_whose_every_attempt_was_rejected_for_authentication_is_an_error(monkeypatch):
+    """Nothing about the four root causes can be seen: `gp report` exits 2, not 1 (a check failed)."""
+    monkeypatch.setenv("GP_TEST_SECRET", "not-the-server-secret-but-long-enough-for-pyjwt")
+    with running_server() as server:
+        params = missing_events.Params.from_mapping({
+            "target_url": server.url, "jwt_secret_env": "GP_TEST_SECRET", "sequential_runs": 1,
+            "concurrent_users": 1, "runs_per_user": 1, "reconnect_trials": 1})
+        result = await run_scenario(missing_events, params)
+    assert set(result.attempts["outcome"]) == {"auth_rejected"}
+    assert result.verdict == "error"
+    assert result.error.startswith("nothing could be tested: every one of ")
+    assert "bad signature" in result.error
+
+
 async def test_bounded_gather_caps_concurrency_keeps_order_and_cancels_on_failure():
     import asyncio
 

@@ -339,6 +339,22 @@ def test_the_figures_render_both_arms(reference_result):
         assert figure.axes[0].has_data() and figure.axes[1].has_data()
 
 
+def test_the_close_reasons_plot_counts_what_the_text_and_the_diagnosis_count(reference_result):
+    """The control start with the faulty configuration is drawn but not counted, as nowhere else counts it."""
+    from gp_lib import diagnosis
+
+    faulty = reference_result.arm_metrics["faulty"]
+    figure = plots_factory.close_reasons(reference_result)
+    labels = {text.get_position()[1]: text.get_text() for text in figure.axes[0].texts}
+    rows = [tick.get_text() for tick in figure.axes[0].get_yticklabels()]
+    factory_row = rows.index("1011 Factory initialization failed")
+    assert labels[factory_row].split()[0] == str(faulty["factory_closes"])
+    assert "(+1 control)" in labels[factory_row]
+    named = next(e for e in diagnosis.diagnose([reference_result])[0].evidence if "server closes named" in e)
+    assert named.startswith(f"{faulty['factory_closes']} of ")
+    assert "(table above)" not in fi.interpret(reference_result)
+
+
 @pytest.mark.parametrize("faults, verdict", [({}, "pass"), ({"factory": "config"}, "fail")])
 async def test_live_mode(monkeypatch, faults, verdict):
     with running_server(faults) as server:

@@ -8,10 +8,12 @@ either side of it (both scaled by GP_TIME_SCALE).
 from __future__ import annotations
 
 import os
+import re
 
 import matplotlib
 import pytest
 
+from gp_lib import diagnosis, next_steps
 from gp_lib.plots import race as plots_race
 from gp_lib.scenarios import race_conditions as rc
 from gp_lib.scenarios.common import Credentials, Observation, ParameterError, ScenarioResult, Target
@@ -30,9 +32,12 @@ def _attempt(n, *, phase="sweep", condition="send_at_delay", concurrency=1, dela
              t_open=2.0, sent=(), received=()):
     """One attempts row and its frames, as the client would have recorded them."""
     closed_1011 = outcome == "closed_1011"
+    t_ready = None if closed_1011 else t_open + 15
+    waits = condition == "wait_ready"  # sends `delay` after the marker; closed before it, sends nothing
+    t_send = (None if t_ready is None else t_ready + delay) if waits else t_open + delay
     record = AttemptRecord(
         attempt_id=f"a{n:03d}", user_id="u1", scenario=rc.NAME, arm="live", condition=condition, t_open_ms=t_open,
-        t_ready_ms=None if closed_1011 else t_open + 15, t_first_send_ms=t_open + delay, t_close_ms=t_open + 30,
+        t_ready_ms=t_ready, t_first_send_ms=t_send, t_close_ms=t_open + 30,
         close_code=1011 if closed_1011 else 1000, closed_by="server" if closed_1011 else "client", outcome=outcome,
         frames_sent=len(sent), frames_received=len(received),
         extra={"phase": phase, "concurrency": concurrency, "send_delay_ms": delay,
@@ -103,12 +108,15 @@ def test_early_1011_fails_with_counts_and_sets_the_race_window_per_level():
     checks, metrics = _evaluate(records)
     check = _by_name(checks)["no_1011_closes"]
     assert not check.passed
-    assert check.evidence.startswith("3 of 18 attempts closed 1011: 3 of 12 that sent before readiness, "
-                                     "0 of 6 that waited for it")
+    # sent before the marker: the sends at 0 and 10 ms (setup 15 ms), the burst, the rapid cycles, and the three
+    # closed before it came; not: the sends at 50 ms and every attempt that waited for the marker
+    assert check.evidence.startswith("3 of 18 attempts closed 1011: 3 of 10 that sent before the readiness marker, "
+                                     "0 of 8 that did not")
     assert "latest failing send delay 10 ms" in check.evidence
     assert metrics["race_window_ms"] == 10.0
     assert metrics["race_window_ms_c1"] == 0.0 and metrics["race_window_ms_c5"] == 10.0
-    assert metrics["closed_1011_early_send"] == 3 and metrics["closed_1011_wait_ready"] == 0
+    assert metrics["closed_1011_sent_before_ready"] == 3 and metrics["closed_1011_not_sent_before_ready"] == 0
+    assert metrics["attempts_sent_before_ready"] + metrics["attempts_not_sent_before_ready"] == 18
 
 
 def test_a_1011_after_waiting_for_readiness_is_not_a_race_window():
@@ -116,7 +124,7 @@ def test_a_1011_after_waiting_for_readiness_is_not_a_race_window():
     records[1] = _attempt(1, condition="wait_ready", delay=50.0, outcome="closed_1011")
     checks, metrics = _evaluate(records)
     assert "no_1011_closes" in _failed(checks)
-    assert metrics["race_window_ms"] is None and metrics["closed_1011_wait_ready"] == 1
+    assert metrics["race_window_ms"] is None and metrics["closed_1011_not_sent_before_ready"] == 1
 
 
 def test_success_rate_below_the_threshold_fails():
@@ -250,12 +258,15 @@ def test_interpretation_follows_the_numbers():
     racy[0] = _attempt(0, concurrency=1, delay=0.0, outcome="closed_1011")
     racy[8] = _attempt(8, concurrency=5, delay=10.0, outcome="closed_1011")
     text = rc.interpret(_result({"faulty": racy, "fixed": _clean_records()}))
-    assert "2 of 12 attempts that sent before readiness closed 1011, against 0 of 6" in text
+    assert "the 1011 closes follow send timing" in text and "handshake race" in text
+    assert " of 10 attempts" not in text  # the counts are the diagnosis's and the check's, not restated
     assert "0 ms at concurrency 1, 10 ms at concurrency 5" in text and "widens with concurrent" in text
-    assert "none of 18 attempts closed 1011" in text and "removes every 1011" in text
+    assert "none of 18 attempts closed 1011, including 10 that sent before the readiness marker" in text
+    assert "removes every 1011" in text
     not_a_race = _clean_records()
     not_a_race[1] = _attempt(1, condition="wait_ready", outcome="closed_1011")
-    assert "not (only) the handshake race" in rc.interpret(_result({"live": not_a_race}))
+    text = rc.interpret(_result({"live": not_a_race}))
+    assert "they are not the handshake race" in text and "(1 of them among attempts that did not)" in text
 
 
 def test_interpretation_claims_no_queuing_when_nothing_succeeded():
@@ -347,7 +358,40 @@ async def test_live_mode_against_the_race_fails_the_checks_the_race_breaks(monke
     assert result.verdict == "fail" and list(result.observations) == ["live"]
     failed = {c.name for c in result.checks if not c.passed}
     assert failed == {"no_1011_closes", "success_rate", "early_messages_answered", "rapid_cycles_complete"}
-    assert result.metrics["closed_1011_wait_ready"] == 0 and result.metrics["closed_1011_early_send"] > 0
+    assert result.metrics["closed_1011_not_sent_before_ready"] == 0 and result.metrics["closed_1011_sent_before_ready"] > 0
+    # one definition of "sent before the readiness marker": the diagnosis and the check count the same attempts
+    findings = diagnosis.diagnose([result])
+    assert findings[0].root_cause == rc.NAME
+    said = re.search(r"in (\d+) of (\d+) attempts that sent before the readiness marker, (\d+) of (\d+) that did not",
+                     findings[0].evidence[0])
+    checked = re.search(r": (\d+) of (\d+) that sent before the readiness marker, (\d+) of (\d+) that did not",
+                        _by_name(result.checks)["no_1011_closes"].evidence)
+    assert said and checked and said.groups() == checked.groups()
+    m = result.metrics
+    assert checked.groups() == tuple(str(m[k]) for k in ("closed_1011_sent_before_ready", "attempts_sent_before_ready",
+                                                         "closed_1011_not_sent_before_ready",
+                                                         "attempts_not_sent_before_ready"))
+
+
+async def test_against_the_factory_fault_the_counts_agree_and_no_race_window_is_claimed(monkeypatch):
+    with running_server({"factory": "config"}) as server:
+        monkeypatch.setenv(SECRET_ENV, server.secret)
+        result = await rc.run(_small(target_url=server.url, jwt_secret_env=SECRET_ENV))
+    m = result.metrics
+    assert m["closed_1011"] == m["attempts"] and m["race_window_ms"] is None
+    assert all(v is None for k, v in m.items() if k.startswith("race_window_ms_c"))
+    findings = diagnosis.diagnose([result])
+    assert findings[0].root_cause == "factory_initialization"
+    timing = next(e for e in findings[0].evidence if e.startswith("independent of send timing"))
+    said = re.search(r"in (\d+) of (\d+) attempts that did not send before the readiness marker, (\d+) of (\d+) "
+                     r"that did", timing)
+    assert said.groups() == tuple(str(m[k]) for k in ("closed_1011_not_sent_before_ready",
+                                                      "attempts_not_sent_before_ready", "closed_1011_sent_before_ready",
+                                                      "attempts_sent_before_ready"))
+    assert "not the handshake race" in rc.interpret(result)
+    # the scenario's own cause is absent: its headline and summary entry say whose failures these are
+    assert next_steps.attribution(result, findings) == "factory_initialization"
+    assert next_steps.headline(result, findings) == "caused by factory_initialization, not by the handshake race"
 
 
 @pytest.mark.parametrize("dialect", ["default", "handshake"])
@@ -357,7 +401,7 @@ async def test_live_mode_against_a_fixed_server_passes(monkeypatch, dialect):
         result = await rc.run(_small(target_url=server.url, jwt_secret_env=SECRET_ENV))
     assert result.verdict == "pass", [c for c in result.checks if not c.passed]
     assert result.metrics["early_messages_answered"] == 6 and result.metrics["rapid_cycles_complete"] == 3
-    assert result.metrics["attempts_early_send"] > 0 and result.metrics["closed_1011"] == 0
+    assert result.metrics["attempts_sent_before_ready"] > 0 and result.metrics["closed_1011"] == 0
 
 
 async def test_the_deadline_stops_new_batches():
