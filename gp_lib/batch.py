@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     seen = run_preflight(plan)
     if seen is not None and seen.stop:
         write_stopped(plan, seen)
-        print(redact(f"gp report: error: {seen.stop}\ngp report: the run was stopped before its traffic: "
+        print(redact(f"gp report: error: {terminal(seen.stop)}\ngp report: the run was stopped before its traffic: "
                      f"{plan.out / 'summary.json'}"), file=sys.stderr)
         return 2
     try:
@@ -267,7 +267,7 @@ def run_preflight(plan: Plan) -> Any:
         return None
     _register_secrets(plan)
     seen = preflight.run(params)
-    print(redact(f"gp: preflight: {seen.line()}"), file=sys.stderr, flush=True)
+    print(redact(f"gp: preflight: {terminal(seen.line())}"), file=sys.stderr, flush=True)  # the server's words
     return seen
 
 
