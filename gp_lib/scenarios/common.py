@@ -457,14 +457,17 @@ UNTESTABLE_OUTCOMES = UNREACHABLE_OUTCOMES | {"auth_rejected"}
 
 def unreachable_error(observations: Mapping[str, Observation]) -> str | None:
     """Why nothing could be tested, when every attempt of every arm was refused, never reached the
-    target or was rejected for authentication (the run exits 2, not 1); else None."""
+    target or was rejected for authentication, or when the client ran out of its own resources in any
+    attempt (the run exits 2, not 1, and blames nothing on the target); else None."""
     attempts = concat(o.attempts for o in observations.values())
-    if not len(attempts) or not attempts["outcome"].isin(UNTESTABLE_OUTCOMES | CLIENT_OUTCOMES).all():
+    own = attempts[attempts["outcome"].isin(CLIENT_OUTCOMES)] if len(attempts) else attempts
+    if len(own):  # the client's own limits distort every figure: no verdict on the target from this run
+        first = own["error"].dropna()
+        return (f"the client's own limits, not the target: {len(own)} of {len(attempts)} attempts could not be "
+                f"made ({first.iloc[0] if len(first) else 'client_error'}); lower max_concurrency or raise the "
+                "open-files limit")
+    if not len(attempts) or not attempts["outcome"].isin(UNTESTABLE_OUTCOMES).all():
         return None
-    if attempts["outcome"].isin(CLIENT_OUTCOMES).any():  # the client's own limits, not the target's
-        first = attempts.loc[attempts["outcome"].isin(CLIENT_OUTCOMES), "error"].dropna()
-        return (f"the client could not make {len(attempts)} attempts ({outcome_counts(attempts)})"
-                + (f": {first.iloc[0]}" if len(first) else ""))
     first = attempts["error"].dropna()
     statuses = pd.to_numeric(attempts["handshake_status"], errors="coerce").dropna()
     if attempts["outcome"].isin(UNREACHABLE_OUTCOMES).all():

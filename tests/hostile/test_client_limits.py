@@ -86,3 +86,15 @@ def test_each_kind_of_client_exhaustion_is_named_as_the_clients(error):
     conn._connect_failed(error)
     assert conn.record.outcome == "client_error"
     assert "client" in conn.record.error
+
+
+def test_a_run_with_client_errors_blames_nothing_on_the_target():
+    from gp_lib.plots import OUTCOME_COLOURS
+    from gp_lib.scenarios.common import Observation, unreachable_error
+    from gp_lib.trace import OUTCOMES, AttemptRecord
+
+    records = [AttemptRecord(f"a{n}", outcome="ok", t_open_ms=1.0) for n in range(3)]
+    records.append(AttemptRecord("a9", outcome="client_error", error="the client ran out of file descriptors"))
+    why = unreachable_error({"live": Observation.from_records("live", records)})
+    assert why.startswith("the client's own limits, not the target: 1 of 4") and "file descriptors" in why
+    assert {"redirected", "client_error"} <= set(OUTCOMES) and set(OUTCOMES) <= set(OUTCOME_COLOURS)
