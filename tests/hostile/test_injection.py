@@ -34,8 +34,8 @@ def test_check_evidence_and_diagnosis_evidence_stay_text():
 
 @pytest.mark.parametrize("mode", ["live", "reference"])
 def test_the_verdict_line_escapes_an_error_and_the_target(mode):
-    result = SimpleNamespace(verdict="error", error=f"first error: {INJECTION}", mode=mode,
-                             target=f"ws://h/{INJECTION}", checks=[], metrics={})
+    result = SimpleNamespace(scenario="race_conditions", verdict="error", error=f"first error: {INJECTION}",
+                             mode=mode, target=f"ws://h/{INJECTION}", checks=[], metrics={})
     assert_inert_markdown(verdict_markdown(result))
     result.error = None
     result.checks = [Check(f"x{INJECTION}", False, INJECTION, arm="fixed")]
