@@ -25,7 +25,7 @@ from typing import Any, Iterable, Iterator
 
 import jwt
 
-from gp_lib.redact import register_secret
+from gp_lib.redact import redact, register_secret
 
 
 @contextlib.contextmanager
@@ -41,6 +41,8 @@ DEFAULT_LIFETIME_S = 30 * 60
 MAX_AGE_S = 24 * 3600
 CLOCK_SKEW_S = 60
 AUTH_TRANSPORTS = ("both", "header", "subprotocol")
+#: The largest token response read from the auth service.
+MAX_AUTH_BODY = 1 << 20
 #: Subprotocol prefixes a server accepts; the client offers the first.
 SUBPROTOCOL_PREFIXES = ("jwt.", "jwt-auth.", "bearer.")
 
@@ -246,6 +248,17 @@ def test_mode_headers(user_id: str, environment: str) -> dict[str, str]:
 
 # -- staging tokens -----------------------------------------------------------------
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib copies every header but the content ones onto a redirected request, whatever the host
+    (CPython issue 77842), so a 3xx would hand the X-E2E-Bypass-Key to the Location: never follow one."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # urllib then raises the 3xx as an HTTPError
+
+
+_OPENER = urllib.request.build_opener(_RefuseRedirects)
+
+
 class StagingTokenSource:
     """Tokens from the auth service's e2e endpoint, cached until shortly before expiry.
 
@@ -295,9 +308,14 @@ class StagingTokenSource:
         request = urllib.request.Request(url, data=body, method="POST", headers={
             "Content-Type": "application/json", "X-E2E-Bypass-Key": key})
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                payload = json.loads(response.read().decode() or "{}")
+            with _OPENER.open(request, timeout=self.timeout_s) as response:
+                payload = json.loads(response.read(MAX_AUTH_BODY).decode() or "{}")
         except urllib.error.HTTPError as exc:
+            if 300 <= exc.code < 400:
+                location = redact(str(exc.headers.get("Location", "nowhere")))[:300]
+                raise AuthError(f"auth service at {url} answered {exc.code}, a redirect to {location}; not followed: "
+                                "it would carry the bypass key to another address (set auth_url to the final URL)") \
+                    from None
             raise AuthError(_status_message(url, exc.code)) from None
         except http.client.HTTPException as exc:
             raise AuthError(f"auth service at {url} did not answer with HTTP ({type(exc).__name__})") from None

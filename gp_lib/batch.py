@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from gp_lib import diagnosis, report
 from gp_lib.checks import overall_verdict
+from gp_lib.escape import Trusted, terminal
 from gp_lib.params import Layered, resolve
 from gp_lib.redact import redact, register_secret
 from gp_lib.scenarios.common import ParameterError
@@ -44,6 +45,13 @@ MAX_DEFAULT_JOBS = 4
 DEFAULT_TIMEOUT_S = 600
 KERNEL_START_ATTEMPTS = 3
 EXIT_CODES = {"pass": 0, "fail": 1, "error": 2}
+#: Exit code of a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+INTERRUPTED_EXIT = 130
+#: What a run leaves in OUT: one of these there means OUT holds an earlier run.
+EARLIER_RUN = ("summary.json", "junit.xml", "notebooks", "traces")
+INTERRUPTED = "interrupted before it finished (Ctrl-C or SIGTERM)"
+#: How long the notebooks still running get to stop after an interrupt before they are killed.
+STOP_GRACE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "on this machine)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                         help=f"execution timeout of each notebook cell (default {DEFAULT_TIMEOUT_S})")
+    parser.add_argument("--force", action="store_true",
+                        help="write into an --out folder that holds an earlier run (its files are replaced)")
 
 
 def default_jobs() -> int:
@@ -107,16 +117,20 @@ def run(args: argparse.Namespace) -> int:
     try:
         plan = make_plan(args)
     except ParameterError as exc:
-        print(f"gp report: error: {exc}", file=sys.stderr)
+        print(f"gp report: error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever it quotes
         return 2
     seen = run_preflight(plan)
     if seen is not None and seen.stop:
         write_stopped(plan, seen)
-        print(redact(f"gp report: error: {seen.stop}\ngp report: the run was stopped before its traffic: "
+        print(redact(f"gp report: error: {terminal(seen.stop)}\ngp report: the run was stopped before its traffic: "
                      f"{plan.out / 'summary.json'}"), file=sys.stderr)
         return 2
     try:
         summary = run_plan(plan, seen.to_dict() if seen is not None else None)
+    except KeyboardInterrupt:
+        print(f"gp report: interrupted: what finished is in {plan.out / 'summary.json'} and junit.xml",
+              file=sys.stderr)
+        return INTERRUPTED_EXIT
     except Exception:  # exit 1 would say "an issue was found": this run could not be made
         print(redact(f"gp report: error: the run could not be made:\n{traceback.format_exc()}"), file=sys.stderr)
         return 2
@@ -155,6 +169,10 @@ def make_plan(args: argparse.Namespace, registry: Mapping[str, Entry] = REGISTRY
             raise ParameterError(f"{option} must be at least {least}, got {value}")
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise ParameterError(f"--out {args.out}: exists and is not a directory")
+    earlier = [name for name in EARLIER_RUN if args.out and (Path(args.out) / name).exists()]
+    if earlier and not getattr(args, "force", False):
+        raise ParameterError(f"--out {args.out} holds an earlier run ({earlier[0]}): its files would mix with "
+                             "this run's; choose another folder, or pass --force to replace them")
     missing = [f"{name}: {notebooks_dir / registry[name].notebook}" for name in names
                if name in registry and not (notebooks_dir / registry[name].notebook).is_file()]
     if missing:
@@ -261,7 +279,7 @@ def run_preflight(plan: Plan) -> Any:
         return None
     _register_secrets(plan)
     seen = preflight.run(params)
-    print(redact(f"gp: preflight: {seen.line()}"), file=sys.stderr, flush=True)
+    print(redact(f"gp: preflight: {terminal(seen.line())}"), file=sys.stderr, flush=True)  # the server's words
     return seen
 
 
@@ -300,28 +318,40 @@ def run_plan(plan: Plan, preflight: Mapping[str, Any] | None = None) -> dict[str
     _register_secrets(plan)
     (plan.out / "notebooks").mkdir(parents=True, exist_ok=True)
     outcomes: dict[str, Outcome] = {}
+    interrupted = False
     # Workers fork from a server process that imported the batch and papermill once (over a second of CPU
     # that each spawned worker would pay again); it is single-threaded, so forking it is safe.
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["gp_lib.batch", "papermill"])
     with _sigterm_as_interrupt(), ProcessPoolExecutor(max_workers=plan.jobs, mp_context=context, max_tasks_per_child=1) as pool:
         waiting, running = list(plan.entries), {}
-        while waiting or running:  # submitted only as workers free up: after Ctrl-C no notebook starts
-            while waiting and len(running) < plan.jobs:
-                entry = waiting.pop(0)
-                running[pool.submit(execute, _job(plan, entry))] = entry
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                entry = running.pop(future)
-                try:
-                    result = future.result()
-                except Exception as exc:  # the worker process itself died
-                    result = {"error": f"{type(exc).__name__}: {exc}", "seconds": 0.0}
-                outcome = collect(plan, entry, result)
-                write_scenario_report(plan, outcome)
-                outcomes[entry.scenario] = outcome
-                print(f"gp: {entry.scenario}: finished: {outcome.verdict} in {outcome.seconds:.1f} s"
-                      + (f" ({_first_line(outcome.why)})" if outcome.why else ""), file=sys.stderr, flush=True)
+        try:
+            while waiting or running:  # submitted only as workers free up: after Ctrl-C no notebook starts
+                while waiting and len(running) < plan.jobs:
+                    entry = waiting.pop(0)
+                    running[pool.submit(execute, _job(plan, entry))] = entry
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    entry = running.pop(future)
+                    try:
+                        result = future.result()
+                    except Exception as exc:  # the worker process itself died
+                        result = {"error": f"{type(exc).__name__}: {exc}", "seconds": 0.0}
+                    outcome = collect(plan, entry, result)
+                    write_scenario_report(plan, outcome)
+                    outcomes[entry.scenario] = outcome
+                    print(f"gp: {entry.scenario}: finished: {outcome.verdict} in {outcome.seconds:.1f} s"
+                          + (f" ({terminal(_first_line(outcome.why))})" if outcome.why else ""), file=sys.stderr,
+                          flush=True)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the notebooks, then write what finished
+            interrupted = True
+            _ignore_interrupts()  # a second Ctrl-C must not lose the summary
+            _stop_workers(pool)
+    if interrupted:
+        for entry in plan.entries:
+            if entry.scenario not in outcomes:
+                outcomes[entry.scenario] = Outcome(entry, plan.out / "notebooks" / entry.notebook, 0.0, {}, INTERRUPTED)
+                write_scenario_report(plan, outcomes[entry.scenario])
     ordered = [outcomes[e.scenario] for e in plan.entries]
     first = next(iter(plan.parameters.values())).params
     findings = diagnosis.combine({o.entry.scenario: o.scraps for o in ordered}, base_dir=plan.notebooks_dir)
@@ -332,6 +362,7 @@ def run_plan(plan: Plan, preflight: Mapping[str, Any] | None = None) -> dict[str
         "started_at": started_at,
         "finished_at": _now(),
         "verdict": diagnosis.with_security(overall_verdict(o.verdict for o in ordered), findings, first.mode),
+        "interrupted": interrupted,
         "scenarios": {o.entry.scenario: scenario_summary(o) for o in ordered},
         "diagnosis": findings,
         **({"preflight": dict(preflight)} if preflight else {}),
@@ -342,7 +373,31 @@ def run_plan(plan: Plan, preflight: Mapping[str, Any] | None = None) -> dict[str
     scrub(plan.out)
     if plan.latest is not None:
         _point(plan.latest, plan.out)
+    if interrupted:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise KeyboardInterrupt("interrupted; summary.json and junit.xml written")
     return summary
+
+
+def _ignore_interrupts() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop the notebooks still running: SIGINT first (papermill then shuts its kernel down), then kill.
+    Nothing new is submitted after an interrupt, so the pool's own shutdown then finds nothing to wait for."""
+    workers = list((getattr(pool, "_processes", None) or {}).values())  # the executor has no public handle on them
+    for worker in workers:
+        with contextlib.suppress(OSError):
+            os.kill(worker.pid, signal.SIGINT)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
+        if worker.is_alive():
+            worker.kill()
 
 
 def _job(plan: Plan, entry: Entry) -> dict[str, Any]:
@@ -457,7 +512,8 @@ def scenario_context(plan: Plan, outcome: Outcome) -> report.ReportContext:
     facts = [("scenario", outcome.entry.scenario), ("mode", params.mode),
              ("target", params.target_url or "reference server, started per arm on 127.0.0.1"),
              ("run", plan.run_id), ("notebook", f"notebooks/{outcome.entry.notebook}"),
-             ("executed notebook", f"[notebooks/{outcome.entry.notebook}](notebooks/{outcome.entry.notebook})"),
+             ("executed notebook", Trusted(f"[notebooks/{outcome.entry.notebook}]"
+                                           f"(notebooks/{outcome.entry.notebook})")),
              ("duration", f"{outcome.seconds:.1f} s")]
     return report.ReportContext(scenario=outcome.entry.scenario, title=outcome.entry.title, verdict=outcome.verdict,
                                 error=outcome.why, facts=facts, command=plan.commands[outcome.entry.scenario],

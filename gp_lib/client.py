@@ -15,17 +15,19 @@ every frame on arrival, so timings do not depend on when the caller reads.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import socket
 import ssl
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable
-from urllib.parse import urlparse
+from urllib.parse import urljoin, urlparse
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import (ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI, PayloadTooBig,
                                    ProtocolError, TooManyFragments)
+from websockets.uri import parse_uri
 
 from gp_lib import auth, protocol
 from gp_lib.redact import redact, register_secret
@@ -36,6 +38,37 @@ LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 MAX_UNREAD = 10_000  # messages kept for the caller to read; more are counted but dropped
 #: Why the library fails a connection whose peer broke WebSocket framing (it then closes 1002, 1007 or 1009 itself).
 PEER_VIOLATIONS = (ProtocolError, PayloadTooBig, TooManyFragments, UnicodeDecodeError)
+REDIRECT_STATUSES = frozenset({300, 301, 302, 303, 307, 308})
+#: errno values that mean the client ran out of its own resources, not that the target refused.
+CLIENT_EXHAUSTION = {errno.EMFILE: "file descriptors", errno.ENFILE: "file descriptors (system-wide)",
+                     errno.EADDRNOTAVAIL: "ephemeral ports or local addresses", errno.ENOBUFS: "socket buffers",
+                     errno.ENOMEM: "memory"}
+
+
+class _Connect(connect):
+    """websockets' `connect`, but a redirect is followed only when asked, and only to the same origin.
+
+    websockets follows 3xx by default and, across origins, drops only the
+    Authorization, Cookie and Proxy-Authorization headers: the `jwt.<token>`
+    subprotocol offer and headers such as X-User-ID would still reach the
+    other host. So a redirect ends the attempt (outcome `redirected`) unless
+    `follow_redirects` is set and the Location has the same scheme, host and port.
+    """
+
+    def __init__(self, *args: Any, follow_redirects: bool = False, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.follow_redirects = follow_redirects
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        if not self.follow_redirects:
+            return exc
+        origin = self.ws_uri
+        followed = super().process_redirect(exc)
+        if isinstance(followed, str):
+            new = parse_uri(followed)
+            if (new.secure, new.host, new.port) != (origin.secure, origin.host, origin.port):
+                return exc
+        return followed
 
 
 def _proxy_setting(url: str) -> bool | None:
@@ -60,6 +93,8 @@ class TracedConnection:
         close_timeout_s: how long a client close waits for the server's reply.
         max_frames: frames recorded per attempt; the rest are counted only.
         extra: scenario columns added to the attempts row.
+        follow_redirects: follow a redirect of the upgrade to the same origin (scheme, host, port);
+            never to another, which would receive the credentials. Off by default.
     """
 
     def __init__(self, url: str, *, attempt_id: str, token: str | None = None, user_id: str | None = None,
@@ -67,8 +102,9 @@ class TracedConnection:
                  extra_headers: dict[str, str] | None = None, extra_offers: tuple[str, ...] = (),
                  open_timeout_s: float = 10.0,
                  ready_timeout_s: float = 10.0, close_timeout_s: float = 2.0, max_frames: int = 10_000,
-                 extra: dict[str, Any] | None = None):
+                 extra: dict[str, Any] | None = None, follow_redirects: bool = False):
         self.url = url
+        self.follow_redirects = follow_redirects
         self.token = token
         register_secret(token)
         self.auth_transport = auth_transport
@@ -119,9 +155,10 @@ class TracedConnection:
         record.started_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         try:
             kwargs = auth.connect_kwargs(self.token, self.auth_transport, self.extra_headers, self.extra_offers)
-            self._ws = await connect(self.url, open_timeout=self.open_timeout_s, ping_interval=None,
-                                     close_timeout=self.close_timeout_s, max_size=2**22,
-                                     proxy=_proxy_setting(self.url), **kwargs)
+            self._ws = await _Connect(self.url, open_timeout=self.open_timeout_s, ping_interval=None,
+                                      close_timeout=self.close_timeout_s, max_size=protocol.MAX_FRAME_BYTES,
+                                      proxy=_proxy_setting(self.url), follow_redirects=self.follow_redirects,
+                                      **kwargs)
         except Exception as exc:  # every failure to connect is evidence, never a crash
             self._connect_failed(exc)
             return False
@@ -308,7 +345,13 @@ class TracedConnection:
             return
         state = self._ws.protocol
         record.t_close_ms = self.now_ms()
-        if state.close_rcvd is not None:
+        if isinstance(state.parser_exc, PEER_VIOLATIONS):  # e.g. a frame over max_size: the library closed 1009
+            self._peer_violation = True
+            self._note_error(state.parser_exc)
+        if state.close_rcvd is None and self._peer_violation and state.close_sent is not None:
+            record.close_code = state.close_sent.code   # the code the client failed the connection with
+            record.closed_by = "client"
+        elif state.close_rcvd is not None:
             record.close_code = state.close_rcvd.code
             record.close_reason = redact(state.close_rcvd.reason)
             record.closed_by = "client" if state.close_sent is not None and not state.close_rcvd_then_sent else "server"
@@ -324,7 +367,19 @@ class TracedConnection:
         record = self.record
         record.t_close_ms = self.now_ms()
         self._note_error(exc)
-        if isinstance(exc, InvalidStatus):
+        exhausted = _exhaustion(exc)
+        if exhausted:
+            record.outcome = "client_error"
+            record.error = f"the client ran out of {exhausted} ({type(exc).__name__}: {exc}); not the target's doing"
+        elif isinstance(exc, InvalidStatus) and exc.response.status_code in REDIRECT_STATUSES:
+            status = exc.response.status_code
+            record.handshake_status = status
+            location = urljoin(self.url, exc.response.headers.get("Location", ""))
+            record.outcome = "redirected"
+            record.error = redact(f"HTTP {status} redirect to {location[:300]}, not followed: "
+                                  + ("it leaves the origin" if self.follow_redirects
+                                     else "it would carry the credentials (follow_redirects is off)"))
+        elif isinstance(exc, InvalidStatus):
             status = exc.response.status_code
             record.handshake_status = status
             body = exc.response.body.decode("utf-8", "replace")[:300] if exc.response.body else ""
@@ -350,6 +405,7 @@ class TracedConnection:
         self._mark("error", {"outcome": record.outcome, "error": record.error})
 
     def _note_error(self, exc: BaseException) -> None:
+        """Record the first error; what the peer said in it is cut, redacted text."""
         if self.record.error_type is None:
             self.record.error_type = type(exc).__name__
             self.record.error = redact(str(exc)[:500]) or type(exc).__name__
@@ -368,3 +424,13 @@ class TracedConnection:
         finally:
             for waiter in waiters:
                 waiter.cancel()
+
+
+def _exhaustion(exc: BaseException) -> str | None:
+    """Which of the client's own resources `exc` says ran out (descriptors, ports, memory), or None."""
+    if isinstance(exc, MemoryError):
+        return "memory"
+    for error in (exc, exc.__cause__, exc.__context__):
+        if isinstance(error, OSError) and error.errno in CLIENT_EXHAUSTION:
+            return CLIENT_EXHAUSTION[error.errno]
+    return None

@@ -11,7 +11,7 @@ Root causes and the rules that find them (PROTOCOL.md sections 8 and 9):
 - `authentication_not_enforced` (a security finding, always listed first):
   the authentication probes of `gp_lib.discovery` (a token signed with
   another secret, an expired one, none) reached readiness.
-- `unreachable`: refused, DNS, TLS, open timeouts and non-auth HTTP statuses
+- `unreachable`: refused, DNS, TLS, open timeouts, redirects and non-auth HTTP statuses
   instead of the upgrade, in at least half of the attempts; but not upgrades
   refused (HTTP 403/500/503) or stalled by a host whose health routes answer
   and say its services are not ready, which are `service_dependencies`.
@@ -468,7 +468,8 @@ def _unreachable(ev: _Evidence) -> _Judgement:
     share = _share(len(failed), len(a))
     if not len(failed) or share < 0.5:
         return judgement
-    kinds = Counter(f"HTTP {int(s)} instead of the upgrade" if pd.notna(s) else str(o)
+    kinds = Counter(f"HTTP {int(s)} redirect, not followed (it would carry the credentials)" if o == "redirected"
+                    else f"HTTP {int(s)} instead of the upgrade" if pd.notna(s) else str(o)
                     for o, s in zip(failed["outcome"], failed["handshake_status"]))
     judgement.confidence = 1.0 if len(failed) == len(a) else 0.9 * share
     judgement.evidence.append(f"{len(failed)} of {len(a)} attempts never reached the WebSocket endpoint: "

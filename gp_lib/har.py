@@ -53,6 +53,8 @@ SCENARIO = "captured"
 DIRECTIONS = {"send": "sent", "receive": "received"}
 MARK_OPCODES = {9: "ping", 10: "pong"}
 TIMING_PARTS = ("blocked", "dns", "connect", "send", "wait")
+#: The largest HAR read (a browser session with its frames is megabytes; this is far past any).
+MAX_HAR_BYTES = 512 << 20
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 
 
@@ -73,10 +75,15 @@ def load_har(path: str | Path) -> HarImport:
     Raises:
         ValueError: the file is not JSON or has no `log.entries` list, naming the file.
     """
+    size = Path(path).stat().st_size if Path(path).is_file() else 0
+    if size > MAX_HAR_BYTES:
+        raise ValueError(f"{path}: {size} bytes, over the {MAX_HAR_BYTES}-byte limit of a HAR import")
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ValueError(f"{path}: not a readable JSON file ({exc})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not a readable JSON file (nested too deeply)") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable JSON file ({' '.join(str(exc).split())[:200]})") from None
     entries = data.get("log", {}).get("entries") if isinstance(data, dict) and isinstance(data.get("log"), dict) \
         else None
     if not isinstance(entries, list):

@@ -33,6 +33,8 @@ import pandas as pd
 from gp_lib.checks import FAIL, INCONCLUSIVE, PASS, overall_verdict, status_of
 
 SUMMARY = "summary.json"
+#: A summary holds checks and metrics of a few scenarios: kilobytes. Far more is not one.
+MAX_SUMMARY_BYTES = 64 << 20
 VERDICT_RANK = {"pass": 0, "fail": 1, "error": 2}
 ARMS = ("faulty", "fixed")
 
@@ -121,12 +123,16 @@ def _run_order(run: Run) -> tuple[str, str]:
 
 
 def _from_summary(path: Path) -> Run:
+    if path.is_file() and path.stat().st_size > MAX_SUMMARY_BYTES:
+        raise RunError(f"{path}: {path.stat().st_size} bytes, over the {MAX_SUMMARY_BYTES}-byte limit of a summary")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RunError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise RunError(f"{path}: not a readable JSON file ({exc})") from None
+        raise RunError(f"{path}: not a readable JSON file ({' '.join(str(exc).split())[:200]})") from None
+    except RecursionError:
+        raise RunError(f"{path}: not a readable JSON file (nested too deeply)") from None
     if not isinstance(data, dict):
         raise RunError(f"{path}: a summary must be a JSON object")
     raw = data.get("scenarios")

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from gp_lib import escape
 from gp_lib.checks import Check, checks_table
 
 #: Report sections, in order: what to do first, then the findings before their business impact (issue 11 changed
@@ -46,13 +47,14 @@ BADGES = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "inconclusive": "INC
 # -- text building (pure, tested) ---------------------------------------------------------
 
 def markdown_table(table: pd.DataFrame | Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """A GitHub-flavoured Markdown table; pipes and newlines in cells are escaped."""
+    """A GitHub-flavoured Markdown table; every cell is shown literally (`escape.markdown`: no markup, no
+    line break, cut at `escape.DEFAULT_LIMIT` characters), except `escape.Trusted` text."""
     frame = table if isinstance(table, pd.DataFrame) else pd.DataFrame(list(table))
     if columns is not None:
         frame = frame[list(columns)]
     if frame.empty:
         return "_(none)_"
-    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    header = "| " + " | ".join(escape.markdown(c) for c in frame.columns) + " |"
     rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
     rows = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join([header, rule, *rows])
@@ -63,7 +65,7 @@ def _cell(value: Any) -> str:
         return ""
     if isinstance(value, float):  # four significant digits, but 30000 ms stays 30000, not 3e+04
         return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    return escape.markdown(value)
 
 
 def verdict_markdown(result: Any, headline: Sequence[str] = (), findings: Sequence[Any] = ()) -> str:
@@ -72,7 +74,7 @@ def verdict_markdown(result: Any, headline: Sequence[str] = (), findings: Sequen
 
     badge = BADGES[result.verdict]
     if result.error:
-        lines = [f"**Verdict: {badge}**: the run could not be made: {result.error}"]
+        lines = [f"**Verdict: {badge}**: the run could not be made: {escape.markdown(result.error)}"]
     elif result.mode == "reference":
         reproduced = next((c for c in result.checks if c.name == "issue_reproduced"), None)
         fixed_failures = [c for c in result.checks if c.arm == "fixed" and c.failed]
@@ -80,16 +82,17 @@ def verdict_markdown(result: Any, headline: Sequence[str] = (), findings: Sequen
                  "",
                  f"- Issue reproduced in the faulty arm: **{'yes' if reproduced and reproduced.passed else 'no'}**",
                  f"- Remediation verified in the fixed arm: **{'yes' if not fixed_failures else 'no'}**"
-                 + ("" if not fixed_failures else " (" + ", ".join(c.name for c in fixed_failures) + " failed)")]
+                 + ("" if not fixed_failures else " (" + ", ".join(escape.markdown(c.name) for c in fixed_failures)
+                    + " failed)")]
     else:
         failed = [c for c in result.checks if c.failed]
         undecided = [c for c in result.checks if c.inconclusive]
         decided = f"{len(result.checks) - len(undecided)}{' decided' if undecided else ''} checks"
-        lines = [f"**Verdict: {badge}** against `{result.target}`: "
-                 + (f"{len(failed)} of {decided} failed ({', '.join(c.name for c in failed)})"
+        lines = [f"**Verdict: {badge}** against {escape.markdown(result.target)}: "
+                 + (f"{len(failed)} of {decided} failed ({', '.join(escape.markdown(c.name) for c in failed)})"
                     if failed else f"all {decided} passed")
-                 + (f"; {len(undecided)} inconclusive on this target ({', '.join(c.name for c in undecided)})"
-                    if undecided else "")]
+                 + (f"; {len(undecided)} inconclusive on this target "
+                    f"({', '.join(escape.markdown(c.name) for c in undecided)})" if undecided else "")]
         other = next_steps.attribution(result, findings)
         if other:
             lines += ["", f"**These failures belong to another root cause: {other}.** This scenario's own cause, "
@@ -182,8 +185,8 @@ def diagnosis_markdown(findings: Sequence[Any]) -> str:
         return "**Diagnosis:** nothing wrong was seen: none of the root causes has evidence in this run."
     lines = ["**Diagnosis** (strongest first)", ""]
     for rank, finding in enumerate(findings, 1):
-        lines.append(f"{rank}. **{finding.root_cause}** (confidence {finding.confidence:.2f})")
-        lines += [f"   - {sentence}" for sentence in finding.evidence]
+        lines.append(f"{rank}. **{escape.markdown(finding.root_cause)}** (confidence {finding.confidence:.2f})")
+        lines += [f"   - {escape.markdown(sentence)}" for sentence in finding.evidence]
     return "\n".join(lines)
 
 

@@ -28,6 +28,7 @@ executed notebook shows what this run changed.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
 
@@ -37,6 +38,10 @@ from gp_lib.scenarios.common import ENVS, ParameterError
 
 RUN_KEYS = ("target_url", "env")
 BATCH_KEYS = ("out_dir",)
+#: A parameter file is a few hundred bytes of settings: anything far larger is a mistake or an attack.
+MAX_FILE_BYTES = 1 << 20
+#: Nesting of values: scenario sections hold lists and small mappings.
+MAX_DEPTH = 8
 
 
 class Layered(NamedTuple):
@@ -52,10 +57,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key:
         raise ParameterError(f"-p {text!r}: expected KEY=VALUE")
-    try:
-        return key, yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise ParameterError(f"-p {key}: the value is not YAML: {exc}") from None
+    return key, load_yaml(raw, f"-p {key}", key)
 
 
 def assignments_layer(assignments: Sequence[str]) -> dict[str, Any]:
@@ -74,16 +76,49 @@ def assignments_layer(assignments: Sequence[str]) -> dict[str, Any]:
 def load_layer(path: str | Path) -> dict[str, Any]:
     """A YAML parameter file as a layer (an empty file is an empty layer)."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        size = Path(path).stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ParameterError(f"parameter file {path} is {size} bytes, over the {MAX_FILE_BYTES}-byte limit")
+        text = Path(path).read_bytes().decode("utf-8")
     except OSError as exc:
         raise ParameterError(f"parameter file {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ParameterError(f"parameter file {path} is not YAML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ParameterError(f"parameter file {path} is not UTF-8 text (a binary file?)") from None
+    data = load_yaml(text, f"parameter file {path}")
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ParameterError(f"parameter file {path} must hold a mapping of names to values")
     return data
+
+
+def load_yaml(text: str, source: str, where: str = "") -> Any:
+    """YAML text as plain values, refused (ParameterError, one line naming `source`) when it is not YAML,
+    uses an alias (a few hundred bytes of aliases expand to gigabytes once written into a notebook), nests
+    deeper than MAX_DEPTH, or holds a number that is not finite."""
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                raise ParameterError(f"{source} uses the YAML alias *{event.anchor}: aliases are not allowed in "
+                                     "parameters (they can expand to gigabytes); write the values out")
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ParameterError(f"{source} is not YAML: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise ParameterError(f"{source} is nested too deeply to read") from None
+    _check_values(data, source, where, 0)
+    return data
+
+
+def _check_values(value: Any, source: str, where: str, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise ParameterError(f"{where or 'a value'} in {source} is nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ParameterError(f"{where or 'a value'} in {source} is {value}: numbers must be finite")
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, inner in items:
+        name = f"{where}.{key}" if where and isinstance(key, str) else f"{where}[{key}]" if where else str(key)
+        _check_values(inner, source, name, depth + 1)
 
 
 def resolve(classes: Mapping[str, type], selected: Sequence[str], *, parameters_dir: str | Path,

@@ -4,7 +4,8 @@ What websocat and wscat do not show: each frame's time since the upgrade and
 its direction, the HTTP status of a refused upgrade, whether and when the
 readiness marker came (a three-step handshake is answered on the way), and
 the close code and reason as the server sent them, with the outcome the
-toolkit records for it. The token is minted from the secret in an
+toolkit records for it. Whatever the server chose is printed escaped (no
+terminal control sequence gets through) and redacted. The token is minted from the secret in an
 environment variable; neither is ever printed (payloads are redacted).
 
     gp probe ws://localhost:8000/ws --send '{"type": "ping"}'
@@ -20,11 +21,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 from typing import Any, TextIO
-from urllib.parse import urlparse
 
-from gp_lib import auth, protocol
+from websockets.exceptions import InvalidURI
+from websockets.uri import parse_uri
+
+from gp_lib import auth, escape, protocol
 from gp_lib.client import TracedConnection
 from gp_lib.dialects import Dialect
 from gp_lib.discovery import selected_unoffered
@@ -34,6 +38,8 @@ from gp_lib.trace import AttemptRecord
 NORMAL_CLOSE = 1000
 PAYLOAD_LIMIT = 200
 POLL_S = 0.02
+#: The longest any wait may be, in seconds: a probe is one connection, not a soak.
+MAX_WAIT_S = 600.0
 ARROWS = {"sent": "->", "received": "<-", "mark": "--"}
 
 
@@ -81,28 +87,36 @@ def run(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The messages to send; raises ProbeInputError naming the first bad value."""
-    parsed = urlparse(args.url)
-    if parsed.scheme not in ("ws", "wss") or not parsed.hostname:
-        raise ProbeInputError(f"URL must be a ws:// or wss:// URL with a host, not {args.url!r}")
-    for name in ("wait", "send_at_ms"):
-        value = getattr(args, name)
-        if value is not None and value < 0:
-            raise ProbeInputError(f"--{name.replace('_', '-')} must not be negative, got {value:g}")
+    try:
+        parse_uri(args.url)
+    except (InvalidURI, ValueError) as exc:
+        reason = str(exc).removeprefix(f"{args.url} isn't a valid URI: ")
+        raise ProbeInputError(f"URL must be a ws:// or wss:// URL with a host ({reason}), not "
+                              f"{escape.terminal(redact(args.url), 200)!r}") from None
+    bounds = {"wait": (0.0, MAX_WAIT_S, "seconds"), "send_at_ms": (0.0, MAX_WAIT_S * 1000, "ms"),
+              "open_timeout": (None, MAX_WAIT_S, "seconds"), "ready_timeout": (None, MAX_WAIT_S, "seconds")}
+    for name, (least, most, unit) in bounds.items():
+        value, option = getattr(args, name), f"--{name.replace('_', '-')}"
+        if value is None:
+            continue
+        if not math.isfinite(value) or value > most:
+            raise ProbeInputError(f"{option} must be a finite number of {unit} up to {most:g}, got {value:g}")
+        if least is not None and value < least:
+            raise ProbeInputError(f"{option} must not be negative, got {value:g}")
+        if least is None and not value > 0:
+            raise ProbeInputError(f"{option} must be greater than zero, got {value:g}")
     if args.dialect != "auto":
         try:
             Dialect.parse(args.dialect)
         except ValueError as exc:
             raise ProbeInputError(f"--dialect: {exc}") from None
-    for name in ("open_timeout", "ready_timeout"):
-        if not getattr(args, name) > 0:
-            raise ProbeInputError(f"--{name.replace('_', '-')} must be greater than zero, got {getattr(args, name):g}")
     messages = []
     for number, text in enumerate(args.send, 1):
         message = protocol.decode(text)
         if not message.valid:
             what = "is not JSON" if message.problem in ("not JSON", "JSON nested too deeply") else \
                 "must be a JSON object with a string type"
-            raise ProbeInputError(f"--send #{number} {what} ({message.problem}): {text[:80]!r}")
+            raise ProbeInputError(f"--send #{number} {what} ({message.problem}): {escape.terminal(text, 80)!r}")
         messages.append(dict(message))
     return messages
 
@@ -114,13 +128,14 @@ def _sends_early(args: argparse.Namespace) -> bool:
 async def probe(args: argparse.Namespace, token: str, messages: list[dict[str, Any]], out: TextIO) -> AttemptRecord:
     """Connect, (wait for readiness,) send, listen; frames are printed to `out` as they come."""
     offers = Dialect.parse(args.dialect).offers() if args.dialect != "auto" else ()
-    print(f"probing {redact(args.url)} as {args.user} (token in {args.auth_transport}; never printed)", file=out)
+    print(f"probing {escape.terminal(redact(args.url))} as {escape.terminal(args.user)} "
+          f"(token in {args.auth_transport}; never printed)", file=out)
     record = await _session(args, token, messages, offers, out)
     selected = selected_unoffered(record, offers)
     if selected is None:
         return record
-    print(f"the server selected the subprotocol {selected!r}, which was not offered, so the handshake failed "
-          f"on this side; again, offering it too", file=out)
+    print(f"the server selected the subprotocol {escape.terminal(selected)!r}, which was not offered, "
+          f"so the handshake failed on this side; again, offering it too", file=out)
     return await _session(args, token, messages, (*offers, selected), out)
 
 
@@ -168,13 +183,13 @@ class _Printer:
 def frame_line(row: dict[str, Any], t_open_ms: float | None) -> str:
     """One frame: time since the upgrade (since the start before it), direction, type, payload."""
     t_ms = row["t_ms"] - (t_open_ms or 0.0)
-    kind = row["type"] or "?"
+    kind = escape.terminal(row["type"] or "?", 60)
     if row["direction"] == "mark":
         detail = _mark_detail(kind, row["payload"])
     else:
         payload = row["payload"] or ""
         detail = payload if len(payload) <= PAYLOAD_LIMIT else payload[:PAYLOAD_LIMIT - 3] + "..."
-    return f"{t_ms:9.1f} ms  {ARROWS.get(row['direction'], '  ')} {kind:<24} {detail}".rstrip()
+    return f"{t_ms:9.1f} ms  {ARROWS.get(row['direction'], '  ')} {kind:<24} {escape.terminal(detail)}".rstrip()
 
 
 def _mark_detail(kind: str, payload: str) -> str:
@@ -198,7 +213,8 @@ def summarise(record: AttemptRecord, args: argparse.Namespace, out: TextIO) -> N
 
     status = record.handshake_status
     lines = [f"HTTP status:  {status if status is not None else 'none (no HTTP answer)'}"
-             + (f" (upgrade took {record.t_open_ms:.1f} ms; subprotocol accepted: {record.subprotocol or 'none'})"
+             + (f" (upgrade took {record.t_open_ms:.1f} ms; subprotocol accepted: "
+                f"{escape.terminal(record.subprotocol or 'none')})"
                 if record.t_open_ms is not None else ""),
              f"readiness:    {since_upgrade(record.t_ready_ms) if record.t_ready_ms is not None else 'none'}",
              f"first send:   {since_upgrade(record.t_first_send_ms)}",
@@ -206,11 +222,11 @@ def summarise(record: AttemptRecord, args: argparse.Namespace, out: TextIO) -> N
              + (f", {record.invalid_frames} not valid JSON with a type" if record.invalid_frames else "")]
     if record.close_code is not None:
         meaning = protocol.CLOSE_CODES.get(record.close_code, "other")
-        reason = f" '{record.close_reason}'" if record.close_reason else ""
+        reason = f" '{escape.terminal(record.close_reason)}'" if record.close_reason else ""
         lines.append(f"close:        {record.close_code} ({meaning}){reason} by {record.closed_by}, "
                      f"{since_upgrade(record.t_close_ms)}")
     if record.error:
-        lines.append(f"error:        {record.error}")
+        lines.append(f"error:        {escape.terminal(record.error)}")
     unanswered = unanswered_before_close(record)
     if unanswered:
         lines.append(f"unanswered:   the server closed the socket after {unanswered} message"

@@ -3,11 +3,22 @@
 Secrets are registered once, where they enter the process (read from the
 environment, minted, fetched); `redact` then scrubs them from any text. Any
 JWT-shaped string and any `jwt.<base64url>` subprotocol offer is scrubbed too,
-so a token minted by another process cannot leak either.
+so a token minted by another process cannot leak either, and so are the
+userinfo and sensitive query values (`api_key`, `token`, `password`...) of
+every URL.
+
+A server may echo a credential in another form than it was sent, so text is
+also read decoded: percent escapes, `\\uXXXX` and `\\xXX` escapes undone and
+whitespace dropped (a token split by spaces or line breaks), and base64 or
+base64url runs decoded at every alignment. What is found there is redacted in
+the text as written.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import bisect
 import json
 import re
 from typing import Any
@@ -26,19 +37,50 @@ _TOKENS = re.compile(
     re.IGNORECASE,
 )
 _FULL_JWT = re.compile(_JWT)
+#: Credentials in URLs: `scheme://user:password@host`, and query parameters that carry a secret.
+_USERINFO = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://)[^\s/?#@\"'<>\\]+@", re.IGNORECASE)
+SENSITIVE_PARAMETERS = ("api_key", "apikey", "api-key", "key", "token", "access_token", "refresh_token", "id_token",
+                        "auth", "secret", "client_secret", "password", "passwd", "pwd", "signature", "sig", "jwt",
+                        "bypass_key", "session")
+_QUERY = re.compile(r"(?P<head>[?&;](?:%s)=)[^&#\s\"'<>\\]+" % "|".join(re.escape(n) for n in SENSITIVE_PARAMETERS),
+                    re.IGNORECASE)
+#: What the decoded view undoes: percent, \u and \x escapes (also after an escaped backslash, as in JSON
+#: inside JSON), escaped and plain whitespace.
+_ENCODED = re.compile(r"%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}|\\x[0-9A-Fa-f]{2}|\\[nrt]|\s+")
+#: Base64 of a token is over 100 characters, of a registered secret at least 8 (those are matched as text too).
+_BASE64_MIN = 40
+_BASE64_RUN = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{%d,}" % _BASE64_MIN)  # from a run's start only
+_ALPHABET = str.maketrans("-_", "+/")
 
 
 def register_secret(value: str | None) -> None:
-    """Remember a secret so that `redact` removes it from now on.
+    """Remember a secret so that `redact` removes it from now on, in every form it may be echoed in.
 
-    JWT-shaped values need no registering: every one is scrubbed by shape.
+    JWT-shaped values need no registering: every one is scrubbed by shape, encoded or not.
     """
     global _secrets_pattern
-    if value and len(value) >= 4 and value not in _secrets and not _FULL_JWT.fullmatch(value):
-        # as written, and as it appears inside JSON text (quotes, backslashes, non-ASCII escaped)
-        _secrets.update({value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]})
-        ordered = sorted(_secrets, key=len, reverse=True)
-        _secrets_pattern = re.compile("|".join(re.escape(s) for s in ordered))
+    if not value or len(value) < 4 or _FULL_JWT.fullmatch(value):
+        return
+    forms = {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1], re.sub(r"\s+", "", value)}
+    forms |= set(_base64_cores(value))
+    if forms <= _secrets:
+        return
+    _secrets.update(form for form in forms if len(form) >= 4)
+    ordered = sorted(_secrets, key=len, reverse=True)
+    _secrets_pattern = re.compile("|".join(re.escape(s) for s in ordered))
+
+
+def _base64_cores(value: str) -> list[str]:
+    """The part of base64 and base64url text that any encoding of `value` holds, at each of the three
+    byte alignments it can have inside longer data (the characters that depend on neighbours dropped)."""
+    raw = value.encode()
+    cores = []
+    for offset in range(3):
+        encoded = base64.b64encode(b"\0" * offset + raw).decode()
+        core = encoded[(offset * 4 + 2) // 3 + (1 if offset else 0):len(encoded) - 4]
+        if len(core) >= 8:
+            cores += [core, core.translate(str.maketrans("+/", "-_"))]
+    return cores
 
 
 def _token_replacement(match: re.Match[str]) -> str:
@@ -50,12 +92,108 @@ def _token_replacement(match: re.Match[str]) -> str:
 
 
 def redact(text: str | None) -> str | None:
-    """Text with every registered secret and every token-shaped string removed."""
+    """Text with every registered secret, every token-shaped string and every URL credential removed."""
     if not text:
         return text
-    if _secrets_pattern is not None:
+    lowered = text.lower()
+    if "eyj" in lowered or "jwt" in lowered or "bearer" in lowered:
+        text = _TOKENS.sub(_token_replacement, text)
+    text = _redact_encoded(text)  # before the plain secrets: redacting one could break a token's shape
+    if _secrets_pattern is not None and any(form in text for form in _secrets):
         text = _secrets_pattern.sub(REDACTED, text)
-    return _TOKENS.sub(_token_replacement, text)
+    if "://" in text:
+        text = _USERINFO.sub(lambda m: m.group("head") + REDACTED + "@", text)
+    if "=" in text:
+        text = _QUERY.sub(lambda m: m.group("head") + REDACTED, text)
+    return text
+
+
+# -- encoded forms -------------------------------------------------------------------------------
+
+def _redact_encoded(text: str) -> str:
+    """Redact what only a decoding shows: base64 runs hiding a token or secret, and escaped or
+    whitespace-split secrets and tokens (found in the decoded view, redacted where they are written)."""
+    spans = []
+    if len(text) >= _BASE64_MIN:
+        spans += [m.span() for m in _BASE64_RUN.finditer(text) if _hides_a_secret(m.group(0))]
+    escaped = "%" in text or "\\" in text
+    view = _ENCODED.sub(_decoded, text) if escaped else "".join(text.split())
+    if view != text and (_FULL_JWT.search(view) or (_secrets_pattern is not None
+                                                    and any(form in view for form in _secrets))):
+        mapped = _View(text)
+        found = [m.span() for m in _FULL_JWT.finditer(mapped.text)]
+        if _secrets_pattern is not None:
+            found += [m.span() for m in _secrets_pattern.finditer(mapped.text)]
+        spans += [mapped.span(*span) for span in found]
+    if not spans:
+        return text
+    pieces, position = [], 0
+    for start, end in sorted(spans):
+        while start > position and text[start - 1] == "\\":  # the backslashes before an escape go too:
+            start -= 1                                        # JSON text stays JSON
+        if end > position:
+            pieces += [text[position:max(start, position)], REDACTED]
+            position = end
+    return "".join(pieces) + text[position:]
+
+
+def _hides_a_secret(run: str) -> bool:
+    """Whether base64(url) text decodes, at some alignment, to a token or a registered secret."""
+    run = run.translate(_ALPHABET)
+    for skip in range(4):
+        usable = len(run) - skip - (len(run) - skip) % 4
+        try:
+            decoded = base64.b64decode(run[skip:skip + usable]).decode("latin-1")
+        except (binascii.Error, ValueError):
+            continue
+        if _FULL_JWT.search(decoded) or (_secrets_pattern is not None and _secrets_pattern.search(decoded)):
+            return True
+    return False
+
+
+def _decoded(match: re.Match[str]) -> str:
+    token = match.group(0)
+    if token.isspace() or token in ("\\n", "\\r", "\\t"):
+        return ""
+    return chr(int(token[2:] if token[0] == "\\" else token[1:], 16))
+
+
+class _View:
+    """`text` decoded as `_ENCODED` says, and the way back from view positions to text positions."""
+
+    def __init__(self, text: str):
+        parts: list[str] = []
+        self.view_starts: list[int] = []    # per segment: where it starts in the view
+        self.segments: list[tuple[int, int, bool]] = []  # per segment: (start in text, length in text, literal)
+        position = length = 0
+        for match in _ENCODED.finditer(text):
+            if match.start() > position:
+                self._add(parts, text[position:match.start()], position, True, length)
+                length += match.start() - position
+            shown = _decoded(match)
+            if shown:
+                self._add(parts, shown, match.start(), False, length, match.end() - match.start())
+                length += 1
+            position = match.end()
+        if position < len(text):
+            self._add(parts, text[position:], position, True, length)
+        self.text = "".join(parts)
+
+    def _add(self, parts: list[str], shown: str, start: int, literal: bool, at: int, size: int = 0) -> None:
+        parts.append(shown)
+        self.view_starts.append(at)
+        self.segments.append((start, size or len(shown), literal))
+
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        """The text positions of view characters `start` to `end` (exclusive)."""
+        return self._position(start, first=True), self._position(end - 1, first=False)
+
+    def _position(self, index: int, *, first: bool) -> int:
+        segment = bisect.bisect_right(self.view_starts, index) - 1
+        origin, size, literal = self.segments[segment]
+        if literal:
+            return origin + index - self.view_starts[segment] + (0 if first else 1)
+        return origin if first else origin + size
 
 
 def redact_value(value: Any) -> Any:

@@ -25,6 +25,7 @@ import nbformat
 from nbconvert import MarkdownExporter
 from traitlets.config import Config
 
+from gp_lib import escape
 from gp_lib.checks import FAIL, INCONCLUSIVE, status_of
 from gp_lib.notebook import BADGES, SECTION_TITLES, SECTIONS, VERSIONED, markdown_table, package_version
 from gp_lib.redact import redact, redact_value
@@ -190,7 +191,7 @@ def _header(context: ReportContext) -> str:
     badge = BADGES.get(context.verdict, context.verdict.upper())
     lines = [f"# {context.title}: {badge}" + (f" ({context.headline})" if context.headline else "")]
     if context.error:
-        lines += ["", f"**The run could not be made:** {context.error.rstrip('.')}.", "",
+        lines += ["", f"**The run could not be made:** {escape.markdown(context.error.rstrip('.'))}.", "",
                   "The sections below hold what the notebook showed; the executed notebook has the details."]
     return "\n".join(lines)
 

@@ -9,13 +9,18 @@ uses these names.
 * ``auth_rejected``    HTTP 401/403 instead of the upgrade, or a server close 1008 after an AUTH
                        error frame, naming auth, or unexplained before readiness (a limit is closed_other)
 * ``refused``          TCP refused, or the upgrade answered with another HTTP status
+* ``redirected``       the upgrade answered with a redirect (3xx), not followed: it would carry the
+                       credentials elsewhere (the Location, redacted, is in ``error``)
 * ``dns_error``        the host name did not resolve
 * ``tls_error``        the TLS handshake failed
 * ``open_timeout``     no upgrade within the open timeout
 * ``ready_timeout``    upgraded, but no readiness marker within the ready timeout
 * ``receive_timeout``  ready, but the awaited answer did not come before its deadline
 * ``protocol_error``   the peer broke HTTP or WebSocket framing (the client then fails the
-                       connection itself, 1002/1007/1009), or an invalid URL
+                       connection itself, 1002/1007/1009, e.g. a frame over the size limit),
+                       or an invalid URL
+* ``client_error``     the client's own limits, not the target's: out of file descriptors
+                       (EMFILE), ephemeral ports (EADDRNOTAVAIL), buffers or memory
 
 Tables (DESIGN.md, data model): `attempts`, one row per connection attempt, and
 `frames`, one row per frame sent or received or lifecycle mark. Times are
@@ -26,20 +31,33 @@ redacted before they reach a row.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
 
+from gp_lib import protocol
 from gp_lib.protocol import field as read
 from gp_lib.redact import redact
 
 OUTCOMES = (
-    "ok", "closed_1011", "closed_other", "auth_rejected", "refused", "dns_error",
-    "tls_error", "open_timeout", "ready_timeout", "receive_timeout", "protocol_error",
+    "ok", "closed_1011", "closed_other", "auth_rejected", "refused", "redirected", "dns_error",
+    "tls_error", "open_timeout", "ready_timeout", "receive_timeout", "protocol_error", "client_error",
 )
-UNREACHABLE_OUTCOMES = frozenset({"refused", "dns_error", "tls_error", "open_timeout"})
+UNREACHABLE_OUTCOMES = frozenset({"refused", "redirected", "dns_error", "tls_error", "open_timeout"})
+#: Outcomes that say nothing about the target: the client ran out of its own resources.
+CLIENT_OUTCOMES = frozenset({"client_error"})
+#: Characters kept of each server-chosen text field in a table row; longer text is cut with a marker
+#: that gives its length (`protocol.cut_text`), so a 1 MB id cannot stall a plot or swell a report.
+MAX_FIELD_CHARS = {"user_id": 200, "run_id": 200, "thread_id": 200, "tool_name": 200, "type": 200,
+                   "server_user": 200, "close_reason": 300, "subprotocol": 300, "error": 1000,
+                   "payload": protocol.MAX_RAW_CHARS}
+_CUT_MARKER = re.compile(r"…\[cut: (\d+) characters\]$")
+#: The longest line `load_jsonl` reads (a row holds one frame's evidence and bounded fields; a line
+#: of a trace from elsewhere may be longer, but not without limit).
+MAX_JSONL_LINE = 4 * protocol.MAX_FRAME_BYTES
 
 ATTEMPT_COLUMNS = (
     "attempt_id", "user_id", "scenario", "arm", "condition", "started_at",
@@ -88,9 +106,8 @@ class AttemptRecord:
     def row(self) -> dict[str, Any]:
         """The attempts-table row: the fixed columns, then the scenario's extras."""
         values = {name: getattr(self, name) for name in ATTEMPT_COLUMNS}
-        values["close_reason"] = redact(values["close_reason"])
-        values["error"] = redact(values["error"])
-        values["server_user"] = _text(values["server_user"])
+        for name in ("user_id", "close_reason", "error", "subprotocol", "server_user"):
+            values[name] = bounded(name, values[name])
         return {**values, **self.extra}
 
 
@@ -107,18 +124,26 @@ def frame_row(attempt_id: str, t_ms: float, direction: str, message: dict[str, A
         "attempt_id": attempt_id,
         "t_ms": round(t_ms, 3),
         "direction": direction,
-        "type": kind or message.get("type"),
-        "run_id": _text(read(message, "run_id")),
-        "user_id": _text(read(message, "user_id")),
-        "thread_id": _text(read(message, "thread_id")),
-        "tool_name": _text(read(message, "tool_name")),
-        "payload": redact(payload),
+        "type": bounded("type", kind or message.get("type")),
+        "run_id": bounded("run_id", read(message, "run_id")),
+        "user_id": bounded("user_id", read(message, "user_id")),
+        "thread_id": bounded("thread_id", read(message, "thread_id")),
+        "tool_name": bounded("tool_name", read(message, "tool_name")),
+        "payload": bounded("payload", payload),
     }
 
 
-def _text(value: Any) -> str | None:
-    """A field the peer chose, as text with secrets removed: a server may echo anything into an id."""
-    return None if value is None else redact(str(value))
+def bounded(column: str, value: Any) -> str | None:
+    """A field the peer chose, as table text: secrets removed (a server may echo anything into an id),
+    cut to `MAX_FIELD_CHARS[column]` with a marker that keeps its length."""
+    if value is None:
+        return None
+    text = redact(value if isinstance(value, str) else str(value)) or ""
+    limit = MAX_FIELD_CHARS.get(column, protocol.MAX_STRING_CHARS)
+    if len(text) <= limit:
+        return text
+    earlier = _CUT_MARKER.search(text)  # cut before (by the decoder): keep the length as received
+    return f"{text[:limit]}…[cut: {earlier.group(1) if earlier else len(text)} characters]"
 
 
 # -- tables ------------------------------------------------------------------------
@@ -228,6 +253,8 @@ def load_jsonl(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         for number, line in enumerate(source, 1):
             if not line.strip():
                 continue
+            if len(line) > MAX_JSONL_LINE:
+                raise ValueError(f"{path}:{number}: a line of {len(line)} characters, over the {MAX_JSONL_LINE} limit")
             try:
                 row = json.loads(line)
             except ValueError as exc:

@@ -16,6 +16,7 @@ OUTCOME_COLOURS = {
     "ok": "#2e7d32", "closed_1011": "#c62828", "closed_other": "#ef6c00", "auth_rejected": "#6a1b9a",
     "refused": "#455a64", "dns_error": "#455a64", "tls_error": "#455a64", "open_timeout": "#78909c",
     "ready_timeout": "#f9a825", "receive_timeout": "#fbc02d", "protocol_error": "#8d6e63",
+    "redirected": "#37474f", "client_error": "#bdbdbd",
 }
 ARM_TITLES = {"faulty": "fault injected", "fixed": "fixed", "live": "live target"}
 

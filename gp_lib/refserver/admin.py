@@ -3,7 +3,10 @@
 Scenarios flip faults while the server runs and read its counters, and
 staging-style tests need the auth service's e2e token endpoint; both live
 here, on a separate port bound to 127.0.0.1 only, so nothing outside the
-machine can change the faults or mint tokens. It is a deliberately tiny
+machine can change the faults or mint tokens; and nothing inside it that is a
+web page either: a request with an `Origin` header is refused (403), the
+`Host` must be the loopback address with the admin port (else 421), and writes
+need `Content-Type: application/json` (else 415). It is a deliberately tiny
 HTTP/1.1 server (one request per connection, JSON in and out) on asyncio
 streams, to need nothing beyond the standard library.
 
@@ -32,6 +35,8 @@ from gp_lib.refserver.server import ReferenceServer
 logger = logging.getLogger("gp_lib.refserver.admin")
 
 ADMIN_HOST = "127.0.0.1"
+#: The names the admin API answers to in the Host header (with its port): anything else is DNS rebinding.
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 E2E_AUTH_PATH = "/auth/e2e/test-auth"
 ACCESS_LIFETIME_S = 900
 REFRESH_LIFETIME_S = 7 * 24 * 3600
@@ -98,6 +103,20 @@ class AdminServer:
             return 405, {"error": f"{method} not allowed on {path} (allowed: {', '.join(routes[path])})"}
         return handler(headers, body)
 
+    def refusal(self, method: str, headers: dict[str, str]) -> Reply | None:
+        """Why a request is refused before routing, or None: a web page in the user's browser must not
+        reach this API. Browsers send an Origin on cross-origin requests, a Host of the page's own name on
+        DNS rebinding, and can send a "simple" POST only as text/plain or a form."""
+        if "origin" in headers:
+            return 403, {"error": "requests with an Origin header are refused: the admin API is not for web pages"}
+        if headers.get("host", "").lower() not in {f"{host}:{self.port}" for host in LOOPBACK_NAMES}:
+            return 421, {"error": f"Host must be 127.0.0.1:{self.port} (or localhost, [::1]), "
+                                  f"not {headers.get('host', 'none')[:80]!r}"}
+        content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if method in ("POST", "PUT") and content_type != "application/json":
+            return 415, {"error": f"{method} needs Content-Type: application/json, not {content_type[:80]!r}"}
+        return None
+
     def _get_faults(self, headers: dict[str, str], body: bytes) -> Reply:
         return 200, self.server.faults.to_dict()
 
@@ -148,7 +167,7 @@ class AdminServer:
             except (ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError) as exc:
                 status, reply = 400, {"error": f"bad request: {exc or type(exc).__name__}"}
             else:
-                status, reply = self.route(method, path, headers, body)
+                status, reply = self.refusal(method, headers) or self.route(method, path, headers, body)
             writer.write(_response(status, reply))
             await writer.drain()
         except ConnectionError:

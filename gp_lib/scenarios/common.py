@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
+import os
 import re
 import secrets
 import time
@@ -24,9 +26,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
-from urllib.parse import urlparse
 
 import pandas as pd
+from websockets.exceptions import InvalidURI
+from websockets.uri import parse_uri
 
 from gp_lib import auth, protocol
 from gp_lib.checks import Check, reference_checks, verdict
@@ -34,7 +37,7 @@ from gp_lib.client import TracedConnection
 from gp_lib.redact import is_secret_name, redact, register_secret
 from gp_lib.dialects import Dialect
 from gp_lib.discovery import Discovery, discover, summary as discovery_summary
-from gp_lib.trace import UNREACHABLE_OUTCOMES, AttemptRecord, concat, save_jsonl, to_tables
+from gp_lib.trace import CLIENT_OUTCOMES, UNREACHABLE_OUTCOMES, AttemptRecord, concat, save_jsonl, to_tables
 
 ENVS = ("local", "staging")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -69,9 +72,11 @@ class CommonParams:
     def validate(self) -> None:
         """Raise ParameterError naming the first wrong parameter."""
         if self.target_url is not None:
-            parsed = urlparse(str(self.target_url))
-            if parsed.scheme not in ("ws", "wss") or not parsed.hostname:
-                raise ParameterError(redact(f"target_url must be a ws:// or wss:// URL with a host, not {self.target_url!r}"))
+            try:
+                parse_uri(str(self.target_url))  # what the client will accept: scheme, host, port range, brackets
+            except (InvalidURI, ValueError):
+                raise ParameterError(redact(f"target_url must be a ws:// or wss:// URL with a host and a valid "
+                                            f"port, not {self.target_url!r}")) from None
         if self.env not in ENVS:
             raise ParameterError(f"env must be one of {', '.join(ENVS)}, not {self.env!r}")
         if self.auth_transport not in auth.AUTH_TRANSPORTS:
@@ -93,6 +98,9 @@ class CommonParams:
                 raise ParameterError(f"{f.name} must be a whole number, got {value!r}")
             if isinstance(value, bool):
                 continue
+            numbers = value if isinstance(value, (list, tuple)) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+                raise ParameterError(f"{f.name} must hold finite numbers, got {value}")
             if isinstance(value, (int, float)) and value < 0:
                 raise ParameterError(f"{f.name} must not be negative, got {value}")
             if isinstance(value, (list, tuple)) and any(isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -252,13 +260,50 @@ async def together(*work: Awaitable[Any]) -> list[Any]:
         raise
 
 
+#: Descriptors kept free for everything but the connections: the event loop, logs, a kernel's sockets.
+RESERVED_DESCRIPTORS = 32
+
+
+def raise_descriptor_limit() -> int:
+    """Raise the soft limit on open files to the hard limit where the system allows; the soft limit now.
+
+    Storms of thousands of connections need a descriptor each, and the usual
+    soft limit (1024) is far below the usual hard one.
+    """
+    try:
+        import resource
+    except ImportError:  # not a Unix: nothing to raise
+        return 1 << 16
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):  # not allowed here (a container, macOS's OPEN_MAX): keep what there is
+            pass
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return (1 << 20) if soft == resource.RLIM_INFINITY else soft
+
+
+def descriptor_ceiling() -> int:
+    """How many more connections this process can hold open: the (raised) soft limit less the
+    descriptors already open and a reserve. At least 1."""
+    limit = raise_descriptor_limit()
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:  # no /proc (macOS): assume a quiet process
+        in_use = 16
+    return max(1, limit - in_use - RESERVED_DESCRIPTORS)
+
+
 async def bounded_gather(jobs: Iterable[Callable[[], Awaitable[Any]]], limit: int, bar: Any = None) -> list[Any]:
-    """Run job factories with at most `limit` in flight; results in order.
+    """Run job factories with at most `limit` in flight (and never more than the process has descriptors
+    for: the client's own limit must not pass for the target refusing); results in order.
 
     A job that raises (an auth service failing mid-run) cancels the others
     rather than leaving them running unawaited.
     """
-    semaphore = asyncio.Semaphore(max(1, limit))
+    semaphore = asyncio.Semaphore(max(1, min(limit, descriptor_ceiling())))
 
     async def one(job: Callable[[], Awaitable[Any]]) -> Any:
         async with semaphore:
@@ -450,8 +495,15 @@ async def reference_server(faults: Mapping[str, Any], dialect: Dialect | str, se
 
 def unreachable_error(observations: Mapping[str, Observation]) -> str | None:
     """Why nothing could be tested, when every attempt of every arm was refused, never reached the
-    target or was rejected for authentication (the run exits 2, not 1); else None."""
+    target or was rejected for authentication, or when the client ran out of its own resources in any
+    attempt (the run exits 2, not 1, and blames nothing on the target); else None."""
     attempts = concat(o.attempts for o in observations.values())
+    own = attempts[attempts["outcome"].isin(CLIENT_OUTCOMES)] if len(attempts) else attempts
+    if len(own):  # the client's own limits distort every figure: no verdict on the target from this run
+        first = own["error"].dropna()
+        return (f"the client's own limits, not the target: {len(own)} of {len(attempts)} attempts could not be "
+                f"made ({first.iloc[0] if len(first) else 'client_error'}); lower max_concurrency or raise the "
+                "open-files limit")
     if not len(attempts) or not attempts["outcome"].isin(UNTESTABLE_OUTCOMES).all():
         return None
     first = attempts["error"].dropna()

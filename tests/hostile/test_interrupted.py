@@ -1,0 +1,72 @@
+"""Class 7, interrupted runs: Ctrl-C or SIGTERM still leaves summary.json and junit.xml, marked
+`interrupted`, with what finished and redacted; an --out that holds an earlier run is refused unless --force."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from hostile_servers import SECRET, serving
+from leak_scan import leaks_under
+
+from gp_lib import batch
+from gp_lib.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICK = ["-p", "open_timeout_s=2", "-p", "ready_timeout_s=0.3", "-p", "receive_timeout_s=0.3",
+         "-p", "factory_initialization.health_checks=1", "-p", "factory_initialization.connections=1",
+         "-p", "factory_initialization.recovery_deadline_s=0.3", "-p", "factory_initialization.max_recovery_attempts=1",
+         "-p", "factory_initialization.reconnect_wait_s=0",
+         "-p", "race_conditions.concurrency_levels=[1]", "-p", "race_conditions.send_delays_ms=[0]",
+         "-p", "race_conditions.sweep_repeats=400", "-p", "race_conditions.deadline_s=300"]
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_run_still_writes_its_summary_and_junit(tmp_path, signum):
+    out = tmp_path / "out"
+    with serving("silent_ws") as server:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gp_lib.cli", "report", "--target", server.url, "--jobs", "1", "--out", str(out),
+             "--scenario", "factory_initialization", "--scenario", "race_conditions", *QUICK],
+            cwd=ROOT, env={**os.environ, "JWT_SECRET_KEY": SECRET}, stderr=subprocess.PIPE, text=True)
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 180
+        while not any("race_conditions: started" in line for line in lines) and time.monotonic() < deadline:
+            assert process.poll() is None, "".join(lines)
+            time.sleep(0.2)
+        time.sleep(4)  # the race notebook is running now
+        process.send_signal(signum)
+        code = process.wait(90)
+        reader.join(10)
+    err = "".join(lines)
+    assert code == 130 and "Traceback" not in err, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["verdict"] == "error"
+    assert summary["scenarios"]["factory_initialization"]["verdict"] in ("pass", "fail")
+    assert "interrupted" in summary["scenarios"]["race_conditions"]["error"]
+    suites = ET.parse(out / "junit.xml").getroot()
+    assert int(suites.get("errors")) >= 1
+    assert leaks_under(out, {"secret": SECRET}) == []
+
+
+def test_an_out_folder_holding_an_earlier_run_is_refused_without_force(tmp_path, capsys):
+    (tmp_path / "summary.json").write_text("{}")
+    assert main(["report", "--scenario", "race_conditions", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--force" in err and str(tmp_path) in err and len(err.strip().splitlines()) == 1
+    parser = argparse.ArgumentParser()
+    batch.configure(parser)
+    plan = batch.make_plan(parser.parse_args(["--scenario", "race_conditions", "--out", str(tmp_path), "--force"]))
+    assert plan.out == tmp_path.resolve()
