@@ -84,7 +84,8 @@ would blur the contrasts. The faulty arm is read by default (the issue
 reproduced); `arm="fixed"` reads the fixed arm, which should give an empty
 list. Attempts whose `condition` is a deliberate fault control
 (`CONTROL_CONDITIONS`) are never evidence. `combine` does the same for a
-batch run, from the notebooks' scraps and trace files.
+batch run, from the notebooks' scraps: in reference mode their own diagnoses
+merged, in live mode their traces pooled.
 """
 
 from __future__ import annotations
@@ -243,8 +244,11 @@ def merge(finding_lists: Iterable[Sequence[Finding]]) -> list[Finding]:
 def combine(runs: Mapping[str, Mapping[str, Any]], base_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """summary.json's `diagnosis` from the scraps of one batch run's scenario notebooks.
 
-    Reads each scenario's trace of its evidence arm (the `traces` scrap) and
-    its checks (`arm_checks`), and diagnoses them as `diagnose` would. When a
+    In reference mode each faulty arm is diagnosed alone, which is exactly what
+    each notebook's own `diagnosis` scrap holds: those are merged, and no trace
+    is read. In live mode the arms probed one target and are pooled: reads each
+    scenario's trace of its live arm (the `traces` scrap) and its checks
+    (`arm_checks`), and diagnoses them together as `diagnose` would; when a
     trace file is missing or cannot be read, falls back to that notebook's own
     `diagnosis` scrap.
 
@@ -254,14 +258,17 @@ def combine(runs: Mapping[str, Mapping[str, Any]], base_dir: str | Path | None =
     """
     arms, own_diagnoses = [], []
     for scenario, scraps in runs.items():
-        arm = "live" if scraps.get("mode") == "live" else "faulty"
-        paths = [Path(base_dir or ".", p) for p in scraps.get("traces") or [] if str(p).endswith(f"-{arm}.jsonl")]
+        own = [Finding.from_dict(f) for f in scraps.get("diagnosis") or []]
+        if scraps.get("mode") != "live":
+            own_diagnoses.append(own)
+            continue
+        paths = [Path(base_dir or ".", p) for p in scraps.get("traces") or [] if str(p).endswith("-live.jsonl")]
         try:
             attempts, frames = load_jsonl(paths[0])
         except (IndexError, OSError, ValueError):  # no trace, or one cut short when its kernel died
-            own_diagnoses.append([Finding.from_dict(f) for f in scraps.get("diagnosis") or []])
+            own_diagnoses.append(own)
             continue
-        arms.append((arm, attempts, frames, {scenario: list((scraps.get("arm_checks") or {}).get(arm, []))}))
+        arms.append(("live", attempts, frames, {scenario: list((scraps.get("arm_checks") or {}).get("live", []))}))
     return [f.to_dict() for f in merge([_diagnose_arms(arms), *own_diagnoses])]
 
 

@@ -415,6 +415,22 @@ def test_combine_takes_the_notebooks_own_diagnosis_when_a_trace_was_cut_short(tm
     assert combine(scraps) == own
 
 
+def test_combine_merges_the_notebooks_own_diagnoses_in_reference_mode(tmp_path):
+    """Each faulty arm is diagnosed alone, as its notebook already did: its trace is not read again."""
+    attempts, frames = tables(*race_run())
+    save_jsonl(tmp_path / "traces" / "race_conditions-faulty.jsonl", attempts, frames)
+    race = [{"root_cause": "race_conditions", "confidence": 0.8, "evidence": ["from the race notebook"]}]
+    factory = [{"root_cause": "factory_initialization", "confidence": 0.9, "evidence": ["from the factory notebook"]},
+               {"root_cause": "race_conditions", "confidence": 0.6, "evidence": ["also seen there"]}]
+    scraps = {"race_conditions": {"mode": "reference", "traces": ["traces/race_conditions-faulty.jsonl"],
+                                  "diagnosis": race},
+              "factory_initialization": {"mode": "reference", "traces": ["traces/gone-faulty.jsonl"],
+                                         "diagnosis": factory}}
+    assert combine(scraps, base_dir=tmp_path) == [
+        factory[0], {"root_cause": "race_conditions", "confidence": 0.8,
+                     "evidence": ["from the race notebook", "also seen there"]}]
+
+
 def test_findings_round_trip_and_table():
     finding = Finding("race_conditions", 0.876, ["1011 before readiness in 3 of 3", "more"])
     assert Finding.from_dict(finding.to_dict()) == Finding("race_conditions", 0.88, finding.evidence)
