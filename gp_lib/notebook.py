@@ -297,6 +297,10 @@ def glue_result(result: Any, findings: Sequence[Any], traces: Sequence[str], fig
     })
 
 
+#: The output type scrapbook stores a JSON scrap under.
+SCRAP_MIMETYPE = "application/scrapbook.scrap.json+json"
+
+
 def glue(scraps: Mapping[str, Any]) -> None:
     """Glue each scrap as `scrapbook.glue` would (see `scrap_output`); a None value is left out,
     since scrapbook cannot read a null scrap (the target in reference mode)."""
@@ -317,8 +321,21 @@ def scrap_output(name: str, value: Any) -> tuple[dict[str, Any], dict[str, Any]]
     reads these scraps like its own (a test keeps it so).
     """
     payload = {"name": name, "data": _jsonable(value), "encoder": "json", "version": 1}
-    return ({"application/scrapbook.scrap.json+json": payload},
+    return ({SCRAP_MIMETYPE: payload},
             {"scrapbook": {"name": name, "data": True, "display": False}})
+
+
+def read_scraps(nb: Any) -> dict[str, Any]:
+    """The JSON scraps of an executed notebook, by name (a later one replaces an earlier one), as
+    `scrapbook.read_notebook(...).scraps` reads them: the inverse of `scrap_output`, without importing
+    scrapbook (and papermill with it) into the batch process."""
+    scraps = {}
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            payload = output.get("data", {}).get(SCRAP_MIMETYPE)
+            if isinstance(payload, dict) and "name" in payload:
+                scraps[payload["name"]] = payload.get("data")
+    return scraps
 
 
 def _jsonable(value: Any) -> Any:

@@ -86,6 +86,24 @@ def test_scraps_are_read_by_scrapbook(tmp_path):
     assert {name: scrap.data for name, scrap in scraps.items()} == values
 
 
+def test_read_scraps_reads_what_scrapbook_reads(tmp_path):
+    """The batch reads scraps without scrapbook: the same values, a later scrap of a name replacing an earlier."""
+    first, second = nb.scrap_output("verdict", "fail"), nb.scrap_output("verdict", "pass")
+    metrics = nb.scrap_output("metrics", {"closed_1011": 7})
+    cells = [nbformat.v4.new_code_cell("glue", outputs=[
+                 nbformat.v4.new_output("display_data", data=first[0], metadata=first[1]),
+                 nbformat.v4.new_output("stream", text="noise\n")]),
+             nbformat.v4.new_code_cell("glue again", outputs=[
+                 nbformat.v4.new_output("display_data", data={"text/plain": "not a scrap"}),
+                 nbformat.v4.new_output("display_data", data=metrics[0], metadata=metrics[1]),
+                 nbformat.v4.new_output("display_data", data=second[0], metadata=second[1])])]
+    path = tmp_path / "glued.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), path)
+    expected = {name: scrap.data for name, scrap in sb.read_notebook(str(path)).scraps.items()}
+    assert nb.read_scraps(nbformat.read(path, as_version=4)) == expected == {"verdict": "pass",
+                                                                              "metrics": {"closed_1011": 7}}
+
+
 def test_parameter_names_come_from_cells_of_literal_assignments_only():
     running = 'from gp_lib import notebook as nb\nparams = nb.params_from(globals(), P)'
     papermill = ['', 'target_url = None  # a comment\nsweep_repeats = 3\nsend_delays_ms = [0, -1]',
