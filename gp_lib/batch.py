@@ -27,15 +27,19 @@ import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from multiprocessing import forkserver
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Iterator, Mapping
 
-from gp_lib import diagnosis, report
-from gp_lib.checks import overall_verdict
 from gp_lib.escape import Trusted, terminal
-from gp_lib.params import Layered, resolve
 from gp_lib.redact import redact, register_secret
-from gp_lib.scenarios.common import ParameterError
+
+if TYPE_CHECKING:
+    from gp_lib.params import Layered
+    from gp_lib.report import ReportContext
+
+# This module is the notebook workers' entry point and the fork server preloads it: what only the batch
+# process needs (pandas, nbconvert, the scenarios) is imported where it is used.
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS_DIR = ROOT / "notebooks"
@@ -114,6 +118,9 @@ def default_jobs() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gp_lib.scenarios.common import ParameterError
+
+    _workers_context()  # the fork server's imports run while the plan is made
     try:
         plan = make_plan(args)
     except ParameterError as exc:
@@ -163,6 +170,9 @@ def make_plan(args: argparse.Namespace, registry: Mapping[str, Entry] = REGISTRY
         ParameterError: naming the unknown scenario, key or bad value, a missing notebook, an --out
             that is a file, or (live mode) the unset environment variable meant to hold the secret.
     """
+    from gp_lib.params import resolve
+    from gp_lib.scenarios.common import ParameterError
+
     names = list(dict.fromkeys(args.scenario or DEFAULT_SCENARIOS))
     for option, value, least in (("--jobs", args.jobs, 1), ("--timeout", args.timeout, 1)):
         if not value >= least:  # NaN too
@@ -196,6 +206,8 @@ def _scheduler_assignment(args: argparse.Namespace) -> list[str]:
 def _check_secrets(parameters: Mapping[str, Layered]) -> None:
     """In live mode the secret tokens come from must be in the environment: said once, before any
     notebook starts, rather than by every notebook raising."""
+    from gp_lib.scenarios.common import ParameterError
+
     for name, layered in parameters.items():
         p = layered.params
         if p.mode != "live":
@@ -242,6 +254,7 @@ class Outcome:
     seconds: float
     scraps: dict[str, Any]
     error: str | None = None      # the notebook raised, timed out, or no kernel started
+    notebook: Any = None          # the executed notebook as read (nbformat), for its reports
 
     @property
     def verdict(self) -> str:
@@ -293,12 +306,13 @@ def _register_secrets(plan: Plan) -> None:
 def write_stopped(plan: Plan, seen: Any) -> None:
     """What a run the preflight stopped leaves: summary.json (verdict error, the cause as its diagnosis),
     junit.xml, and a report per scenario that says why it was not run."""
+    from gp_lib import report
+
     now = _now()
     (plan.out / "notebooks").mkdir(parents=True, exist_ok=True)
     why = f"not run: the preflight stopped the run: {seen.stop}"
     outcomes = [Outcome(entry, plan.out / "notebooks" / entry.notebook, 0.0, {}, why) for entry in plan.entries]
-    for outcome in outcomes:
-        write_scenario_report(plan, outcome)
+    sections = [write_scenario_reports(plan, outcome) for outcome in outcomes]
     summary = {"run_id": plan.run_id, "mode": "live", "target": seen.target, "started_at": now, "finished_at": now,
                "verdict": "error",
                "scenarios": {e.scenario: {"verdict": "error", "report": e.report, "checks": [], "metrics": {},
@@ -307,22 +321,28 @@ def write_stopped(plan: Plan, seen: Any) -> None:
                "preflight": seen.to_dict()}
     (plan.out / "summary.json").write_text(report.summary_json(summary))
     (plan.out / "junit.xml").write_text(report.junit_xml(summary, {}))
-    write_index(plan, summary, outcomes)
+    write_index(plan, summary, sections)
     if plan.latest is not None:
         _point(plan.latest, plan.out)
 
 
 def run_plan(plan: Plan, preflight: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Execute every notebook of the plan, render the reports; the summary written to OUT."""
+    """Execute every notebook of the plan, render the reports; the summary written to OUT.
+
+    Each notebook's reports are rendered and its files scrubbed as soon as it
+    finishes, while the others still run; the end assembles the summary.
+    """
+    from gp_lib import diagnosis, report
+    from gp_lib.checks import overall_verdict
+
     started_at = _now()
     _register_secrets(plan)
     (plan.out / "notebooks").mkdir(parents=True, exist_ok=True)
     outcomes: dict[str, Outcome] = {}
+    sections: dict[str, str] = {}   # each scenario's part of index.html
+    scrubbed: set[Path] = set()
     interrupted = False
-    # Workers fork from a server process that imported the batch and papermill once (over a second of CPU
-    # that each spawned worker would pay again); it is single-threaded, so forking it is safe.
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["gp_lib.batch", "papermill"])
+    context = _workers_context()
     with _sigterm_as_interrupt(), ProcessPoolExecutor(max_workers=plan.jobs, mp_context=context, max_tasks_per_child=1) as pool:
         waiting, running = list(plan.entries), {}
         try:
@@ -337,9 +357,9 @@ def run_plan(plan: Plan, preflight: Mapping[str, Any] | None = None) -> dict[str
                         result = future.result()
                     except Exception as exc:  # the worker process itself died
                         result = {"error": f"{type(exc).__name__}: {exc}", "seconds": 0.0}
-                    outcome = collect(plan, entry, result)
-                    write_scenario_report(plan, outcome)
-                    outcomes[entry.scenario] = outcome
+                    outcome = outcomes[entry.scenario] = collect(plan, entry, result)
+                    sections[entry.scenario] = write_scenario_reports(plan, outcome)
+                    scrubbed |= scrub(plan.out, _notebook_files(plan, entry))
                     print(f"gp: {entry.scenario}: finished: {outcome.verdict} in {outcome.seconds:.1f} s"
                           + (f" ({terminal(_first_line(outcome.why))})" if outcome.why else ""), file=sys.stderr,
                           flush=True)
@@ -351,7 +371,8 @@ def run_plan(plan: Plan, preflight: Mapping[str, Any] | None = None) -> dict[str
         for entry in plan.entries:
             if entry.scenario not in outcomes:
                 outcomes[entry.scenario] = Outcome(entry, plan.out / "notebooks" / entry.notebook, 0.0, {}, INTERRUPTED)
-                write_scenario_report(plan, outcomes[entry.scenario])
+            if entry.scenario not in sections:
+                sections[entry.scenario] = write_scenario_reports(plan, outcomes[entry.scenario])
     ordered = [outcomes[e.scenario] for e in plan.entries]
     first = next(iter(plan.parameters.values())).params
     findings = diagnosis.combine({o.entry.scenario: o.scraps for o in ordered}, base_dir=plan.notebooks_dir)
@@ -369,8 +390,8 @@ def run_plan(plan: Plan, preflight: Mapping[str, Any] | None = None) -> dict[str
     }
     (plan.out / "summary.json").write_text(report.summary_json(summary))
     (plan.out / "junit.xml").write_text(report.junit_xml(summary, {o.entry.scenario: o.seconds for o in ordered}))
-    write_index(plan, summary, ordered)
-    scrub(plan.out)
+    index = write_index(plan, summary, [sections[o.entry.scenario] for o in ordered])
+    scrub(plan.out, skip=scrubbed | {index})  # index.html was redacted as it was written
     if plan.latest is not None:
         _point(plan.latest, plan.out)
     if interrupted:
@@ -378,6 +399,20 @@ def run_plan(plan: Plan, preflight: Mapping[str, Any] | None = None) -> dict[str
             signal.signal(signal.SIGINT, signal.default_int_handler)
         raise KeyboardInterrupt("interrupted; summary.json and junit.xml written")
     return summary
+
+
+def _workers_context() -> Any:
+    """The multiprocessing context of the notebook workers, its fork server started (once per process).
+
+    Workers fork from a server process that imported this module and papermill
+    once (a second of CPU that each spawned worker would pay again); it is
+    single-threaded, so forking it is safe. Started before the plan is made, its
+    imports overlap the batch's own.
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["gp_lib.batch", "papermill"])
+    forkserver.ensure_running()
+    return context
 
 
 def _ignore_interrupts() -> None:
@@ -472,20 +507,24 @@ def failure_message(exc: BaseException) -> str:
 
 
 def collect(plan: Plan, entry: Entry, result: Mapping[str, Any]) -> Outcome:
-    """The outcome of one worker: the executed notebook's scraps, or the error."""
-    import scrapbook as sb
+    """The outcome of one worker: the executed notebook (read once, for its scraps and its reports), or the error."""
+    import nbformat
+
+    from gp_lib.notebook import read_scraps
 
     executed = plan.out / "notebooks" / entry.notebook
     scraps: dict[str, Any] = {}
+    notebook = None
     error = result.get("error")
     if executed.exists():
         try:
-            scraps = {name: scrap.data for name, scrap in sb.read_notebook(str(executed)).scraps.items()}
-        except Exception as exc:  # a notebook papermill wrote but scrapbook cannot read
+            notebook = nbformat.read(str(executed), as_version=4)
+            scraps = read_scraps(notebook)
+        except Exception as exc:  # a notebook papermill wrote but nbformat cannot read
             error = error or f"the executed notebook cannot be read: {exc}"
     if not error and "summary" not in scraps:
         error = "the notebook finished without gluing its `summary` scrap"
-    return Outcome(entry, executed, float(result.get("seconds", 0.0)), scraps, redact(error))
+    return Outcome(entry, executed, float(result.get("seconds", 0.0)), scraps, redact(error), notebook)
 
 
 def scenario_summary(outcome: Outcome) -> dict[str, Any]:
@@ -501,13 +540,20 @@ def scenario_summary(outcome: Outcome) -> dict[str, Any]:
     return entry
 
 
-def write_scenario_report(plan: Plan, outcome: Outcome) -> Path:
-    """Render the scenario's GOLDEN_PATH_*_TEST_REPORT.md from its executed notebook."""
-    return report.write_report(outcome.executed, plan.out, outcome.entry.report, scenario_context(plan, outcome))
+def write_scenario_reports(plan: Plan, outcome: Outcome) -> str:
+    """Render the scenario's GOLDEN_PATH_*_TEST_REPORT.md from its executed notebook; its part of index.html."""
+    from gp_lib import index_html, report
+
+    executed = outcome.notebook if outcome.notebook is not None else outcome.executed
+    context = scenario_context(plan, outcome)
+    report.write_report(executed, plan.out, outcome.entry.report, context)
+    return index_html.section(outcome.entry.title, executed, context)
 
 
-def scenario_context(plan: Plan, outcome: Outcome) -> report.ReportContext:
+def scenario_context(plan: Plan, outcome: Outcome) -> ReportContext:
     """What the batch knows about one scenario run, for its Markdown report and its part of index.html."""
+    from gp_lib import report
+
     params = plan.parameters[outcome.entry.scenario].params
     facts = [("scenario", outcome.entry.scenario), ("mode", params.mode),
              ("target", params.target_url or "reference server, started per arm on 127.0.0.1"),
@@ -521,12 +567,12 @@ def scenario_context(plan: Plan, outcome: Outcome) -> report.ReportContext:
                                 headline=None if outcome.error else outcome.scraps.get("headline"))
 
 
-def write_index(plan: Plan, summary: Mapping[str, Any], outcomes: list[Outcome]) -> Path:
-    """OUT/index.html: the run's summary and every scenario's report on one self-contained page."""
+def write_index(plan: Plan, summary: Mapping[str, Any], sections: list[str]) -> Path:
+    """OUT/index.html: the run's summary and every scenario's report (`write_scenario_reports`) on one
+    self-contained page."""
     from gp_lib import index_html
 
-    return index_html.write(plan.out, summary, [(o.entry.title, o.executed, scenario_context(plan, o))
-                                                for o in outcomes])
+    return index_html.write(plan.out, summary, sections)
 
 
 # -- after the run ----------------------------------------------------------------------------
@@ -534,16 +580,28 @@ def write_index(plan: Plan, summary: Mapping[str, Any], outcomes: list[Outcome])
 SCRUBBED = (".md", ".json", ".xml", ".ipynb", ".jsonl", ".log", ".txt", ".csv", ".html")
 
 
-def scrub(out: Path) -> None:
-    """Redact every text file under OUT, and say which needed it: nothing secret may leave a run."""
-    for path in sorted(out.rglob("*")):
-        if path.suffix not in SCRUBBED or not path.is_file():
+def scrub(out: Path, paths: Iterable[Path] | None = None, skip: Collection[Path] = ()) -> set[Path]:
+    """Redact every text file under OUT (or only `paths`) but those in `skip`, and say which needed it:
+    nothing secret may leave a run. The files read."""
+    done = set()
+    for path in sorted(out.rglob("*") if paths is None else paths):
+        if path.suffix not in SCRUBBED or path in skip or not path.is_file():
             continue
         text = path.read_text(errors="replace")
         clean = redact(text)
         if clean != text:
-            path.write_text(clean)
+            temporary = path.with_name(f".{path.name}.scrubbed")  # replaced whole: never a file cut short
+            temporary.write_text(clean)
+            os.replace(temporary, path)
             print(f"gp: warning: redacted a secret or token from {path.relative_to(out)}", file=sys.stderr)
+        done.add(path)
+    return done
+
+
+def _notebook_files(plan: Plan, entry: Entry) -> list[Path]:
+    """What a finished notebook wrote and nothing writes any more: the executed notebook and its traces (its
+    log is scrubbed at the end: the worker may still write to it)."""
+    return [plan.out / "notebooks" / entry.notebook, *sorted((plan.out / "traces").glob(f"{entry.scenario}-*"))]
 
 
 def _point(link: Path, target: Path) -> None:

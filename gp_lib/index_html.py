@@ -10,12 +10,13 @@ fetched from elsewhere.
 Everything a target controls is escaped: the summary is built with
 `html.escape`, and the Markdown of the reports is rendered with raw HTML
 escaped (nbconvert passes it through by default) and harmful link protocols
-refused. The page passes through `gp_lib.redact.redact` last.
+refused. Each section, and the page around them, passes through
+`gp_lib.redact.redact` last.
 """
 
 from __future__ import annotations
 
-import copy
+import functools
 import html
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -28,6 +29,7 @@ from gp_lib.redact import redact
 
 INDEX = "index.html"
 #: nbconvert's lab page without its scripts (require.js, MathJax and mermaid come from a CDN): self-contained.
+#: It holds the summary; the scenarios' sections go after it.
 TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 {%- block html_head_js -%}{%- endblock html_head_js -%}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
@@ -42,40 +44,60 @@ TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
   .gp-error, .gp-inconclusive { color: #ef6c00; font-weight: bold; }
 </style>
 {%- endblock extra_css -%}
-{%- block rawcell scoped -%}
-{%- if cell.metadata.get("gp_html") -%}{{ cell.source }}{%- endif -%}
-{%- endblock rawcell -%}
 {%- block body_header -%}
 {{ super() }}
 {{ resources.gp_summary }}
 {%- endblock body_header -%}
 """
+#: One scenario's cells alone, in the page's body (whose class nbconvert's clean-up looks for), without its head.
+SECTION = """{%- extends 'lab/index.html.j2' -%}
+{%- block header -%}{%- endblock header -%}
+{%- block footer -%}{%- endblock footer -%}
+{%- block rawcell scoped -%}
+{%- if cell.metadata.get("gp_html") -%}{{ cell.source }}{%- endif -%}
+{%- endblock rawcell -%}
+"""
+MAIN, END_MAIN = "<main>", "</main>"
 
 
-def write(out: str | Path, summary: Mapping[str, Any], reports: Sequence[tuple[str, Any, Any]]) -> Path:
-    """Write `out/index.html` from the run's summary and its scenarios' `(title, executed notebook, ReportContext)`."""
+def section(title: str, executed: Any, context: Any) -> str:
+    """One scenario's report as the page shows it (its heading, then its sections), redacted.
+
+    Rendered when its notebook finishes, while the others still run; `write` assembles the page.
+
+    Args:
+        title: the scenario's title.
+        executed: its executed notebook: a path, or the notebook already read.
+        context: its `gp_lib.report.ReportContext`.
+    """
     from gp_lib import report
 
+    nb = executed if isinstance(executed, nbformat.NotebookNode) else report.read_executed(executed)
     page = nbformat.v4.new_notebook()
-    for title, executed, context in reports:
-        try:
-            nb = nbformat.read(str(executed), as_version=4)
-        except (OSError, ValueError):  # never written, or cut short: the section gaps say why
-            nb = nbformat.v4.new_notebook()
-        page.cells.append(nbformat.v4.new_raw_cell(  # a raw HTML cell: the Markdown renderer escapes HTML
-            f'<h1 id="{_escape(context.scenario)}">{_escape(_title(title, context))}</h1>',
-            metadata={"gp_html": True}))  # built here, escaped; no other raw cell is rendered
-        for cell in report.sectioned(nb, context).cells:
-            if cell.cell_type == "markdown" and cell.source.startswith("## "):
-                cell.source = "#" + cell.source
-            page.cells.append(cell)
+    page.cells.append(nbformat.v4.new_raw_cell(  # a raw HTML cell: the Markdown renderer escapes HTML
+        f'<h1 id="{_escape(context.scenario)}">{_escape(_title(title, context))}</h1>',
+        metadata={"gp_html": True}))  # built here, escaped; no other raw cell is rendered
+    for cell in report.sectioned(nb, context).cells:
+        if cell.cell_type == "markdown" and cell.source.startswith("## "):
+            cell.source = "#" + cell.source
+        page.cells.append(cell)
+    body, _ = _exporter(SECTION).from_notebook_node(page)
+    return redact(body[body.index(MAIN) + len(MAIN):body.rindex(END_MAIN)].strip("\n"))
+
+
+def write(out: str | Path, summary: Mapping[str, Any], sections: Sequence[str]) -> Path:
+    """Write `out/index.html`: the run's summary, then the scenarios' `section`s in order."""
+    page = nbformat.v4.new_notebook(metadata={"title": f"Golden Path run {summary.get('run_id', '')}"})
+    html_page, _ = _exporter(TEMPLATE).from_notebook_node(page, resources={"gp_summary": summary_html(summary)})
+    end = html_page.rindex("\n" + END_MAIN)  # the sections go between the summary and the end of <main>
     path = Path(out) / INDEX
-    path.write_text(redact(render(page, summary_html(summary), f"Golden Path run {summary.get('run_id', '')}")))
+    path.write_text(redact(html_page[:end]) + "".join(sections) + redact(html_page[end:]))
     return path
 
 
-def render(page: nbformat.NotebookNode, summary: str, title: str) -> str:
-    """The page as HTML: the summary first, then the cells (inputs hidden, images embedded)."""
+@functools.lru_cache(maxsize=None)
+def _exporter(template: str) -> Any:
+    """nbconvert's HTML exporter with `template`, made once per process (its templates compile slowly)."""
     from nbconvert import HTMLExporter
     from traitlets.config import Config
 
@@ -84,13 +106,9 @@ def render(page: nbformat.NotebookNode, summary: str, title: str) -> str:
     exporter = HTMLExporter(config=Config({
         "TemplateExporter": {"exclude_input": True, "exclude_input_prompt": True, "exclude_output_prompt": True},
         "NbConvertBase": {"display_data_priority": list(MIMETYPES)},
-    }), template_name="lab", template_file="gp_index.html.j2",
-        extra_loaders=[jinja2.DictLoader({"gp_index.html.j2": TEMPLATE})])
+    }), template_name="lab", template_file="gp.html.j2", extra_loaders=[jinja2.DictLoader({"gp.html.j2": template})])
     exporter.register_filter("markdown2html", escaped_markdown)
-    page = copy.deepcopy(page)
-    page.metadata["title"] = title
-    body, _ = exporter.from_notebook_node(page, resources={"gp_summary": summary})
-    return body
+    return exporter
 
 
 def escaped_markdown(source: str) -> str:

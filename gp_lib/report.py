@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import functools
 import hashlib
 import json
 import re
@@ -54,13 +55,12 @@ class ReportContext:
 
 # -- the Markdown report --------------------------------------------------------------------
 
-def write_report(executed: str | Path, out_dir: str | Path, name: str, context: ReportContext) -> Path:
-    """Render `executed` into `out_dir/name`, its images into `out_dir/assets/`; the report's path."""
+def write_report(executed: str | Path | nbformat.NotebookNode, out_dir: str | Path, name: str,
+                 context: ReportContext) -> Path:
+    """Render `executed` (a path, or the notebook already read) into `out_dir/name`, its images into
+    `out_dir/assets/`; the report's path."""
     out_dir = Path(out_dir)
-    try:
-        nb = nbformat.read(str(executed), as_version=4)
-    except (OSError, ValueError):  # never written, or cut short when its kernel died: the header says why
-        nb = nbformat.v4.new_notebook()
+    nb = executed if isinstance(executed, nbformat.NotebookNode) else read_executed(executed)
     text, images = render(nb, context, out_dir / ASSETS)
     for relative, data in images.items():
         path = out_dir / relative
@@ -71,6 +71,15 @@ def write_report(executed: str | Path, out_dir: str | Path, name: str, context: 
     return path
 
 
+def read_executed(path: str | Path) -> nbformat.NotebookNode:
+    """An executed notebook, or an empty one when it was never written or was cut short when its kernel
+    died (the report's header and section gaps say why)."""
+    try:
+        return nbformat.read(str(path), as_version=4)
+    except (OSError, ValueError):
+        return nbformat.v4.new_notebook()
+
+
 def render(nb: nbformat.NotebookNode, context: ReportContext, assets: Path | None = None) -> tuple[str, dict[str, bytes]]:
     """The report text and its images (`{"assets/<name>": bytes}`).
 
@@ -79,17 +88,22 @@ def render(nb: nbformat.NotebookNode, context: ReportContext, assets: Path | Non
     """
     grouped = sectioned(nb, context)
     _name_images(grouped, context.scenario, _saved_figures(assets))
-    exporter = MarkdownExporter(config=Config({
-        "TemplateExporter": {"exclude_input": True, "exclude_input_prompt": True, "exclude_output_prompt": True},
-        "NbConvertBase": {"display_data_priority": list(MIMETYPES)},
-    }))
-    body, resources = exporter.from_notebook_node(grouped, resources={"unique_key": context.scenario,
+    body, resources = _exporter().from_notebook_node(grouped, resources={"unique_key": context.scenario,
                                                                       "output_files_dir": ASSETS})
     body = re.sub(r"!\[(?:png|jpeg|svg)\]\(([^)]*/)?([^)/]+)\.(\w+)\)", r"![\2](\1\2.\3)", body)
     text = _header(context) + "\n\n" + body
     text = re.sub(r"[ \t]+\n", "\n", text)
     text = re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
     return redact(text), dict(resources.get("outputs", {}))
+
+
+@functools.lru_cache(maxsize=None)
+def _exporter() -> MarkdownExporter:
+    """nbconvert's Markdown exporter as reports use it, made once per process (its templates compile slowly)."""
+    return MarkdownExporter(config=Config({
+        "TemplateExporter": {"exclude_input": True, "exclude_input_prompt": True, "exclude_output_prompt": True},
+        "NbConvertBase": {"display_data_priority": list(MIMETYPES)},
+    }))
 
 
 def sectioned(nb: nbformat.NotebookNode, context: ReportContext) -> nbformat.NotebookNode:

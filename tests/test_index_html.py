@@ -50,8 +50,8 @@ def test_server_text_is_escaped_and_the_page_needs_nothing_from_elsewhere(tmp_pa
     context = ReportContext(scenario="race_conditions", title="WebSocket race conditions", verdict="fail",
                             error=None, facts=[("target", HOSTILE)], command="gp report", parameters={},
                             headline="caused by factory_initialization, not by the handshake race")
-    page = index_html.write(tmp_path, _summary(), [("WebSocket race conditions", _executed(tmp_path / "x.ipynb"),
-                                                    context)]).read_text()
+    section = index_html.section("WebSocket race conditions", _executed(tmp_path / "x.ipynb"), context)
+    page = index_html.write(tmp_path, _summary(), [section]).read_text()
     tags = _tags(page)
     assert "script" not in {tag for tag, _ in tags}
     assert not [(tag, name) for tag, attrs in tags for name, value in attrs
