@@ -21,7 +21,7 @@ import binascii
 import bisect
 import json
 import re
-from typing import Any
+from typing import Any, Iterator
 
 REDACTED = "<redacted>"
 
@@ -37,6 +37,12 @@ _TOKENS = re.compile(
     re.IGNORECASE,
 )
 _FULL_JWT = re.compile(_JWT)
+#: Where a `_TOKENS` match can start (lower case): the regex engine cannot skip ahead to these by itself.
+_TOKEN_STARTS = ("eyj", "jwt", "bearer")
+#: Lower case for ASCII letters only, for text whose `lower()` is longer (a few letters lower-case to two
+#: characters): one character for one keeps positions; no other character lower-cases to a letter of
+#: `_TOKEN_STARTS`.
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 #: Credentials in URLs: `scheme://user:password@host`, and query parameters that carry a secret.
 _USERINFO = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://)[^\s/?#@\"'<>\\]+@", re.IGNORECASE)
 SENSITIVE_PARAMETERS = ("api_key", "apikey", "api-key", "key", "token", "access_token", "refresh_token", "id_token",
@@ -47,6 +53,7 @@ _QUERY = re.compile(r"(?P<head>[?&;](?:%s)=)[^&#\s\"'<>\\]+" % "|".join(re.escap
 #: What the decoded view undoes: percent, \u and \x escapes (also after an escaped backslash, as in JSON
 #: inside JSON), escaped and plain whitespace.
 _ENCODED = re.compile(r"%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}|\\x[0-9A-Fa-f]{2}|\\[nrt]|\s+")
+_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}|\\x[0-9A-Fa-f]{2}|\\[nrt]")  # `_ENCODED` but whitespace
 #: Base64 of a token is over 100 characters, of a registered secret at least 8 (those are matched as text too).
 _BASE64_MIN = 40
 _BASE64_RUN = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{%d,}" % _BASE64_MIN)  # from a run's start only
@@ -95,9 +102,9 @@ def redact(text: str | None) -> str | None:
     """Text with every registered secret, every token-shaped string and every URL credential removed."""
     if not text:
         return text
-    lowered = text.lower()
-    if "eyj" in lowered or "jwt" in lowered or "bearer" in lowered:
-        text = _TOKENS.sub(_token_replacement, text)
+    lowered = _lowered(text)
+    if any(start in lowered for start in _TOKEN_STARTS):
+        text = _tokens_sub(text, lowered)
     text = _redact_encoded(text)  # before the plain secrets: redacting one could break a token's shape
     if _secrets_pattern is not None and any(form in text for form in _secrets):
         text = _secrets_pattern.sub(REDACTED, text)
@@ -108,6 +115,34 @@ def redact(text: str | None) -> str | None:
     return text
 
 
+def _lowered(text: str) -> str:
+    """`text` in lower case, character for character (so that positions in it are positions in `text`)."""
+    lowered = text.lower()
+    return lowered if len(lowered) == len(text) else text.translate(_ASCII_LOWER)  # slower, but aligned
+
+
+def _tokens_sub(text: str, lowered: str) -> str:
+    """`_TOKENS.sub(_token_replacement, text)`, trying the regex only where a match can start: in long
+    text (traces) the plain `sub` tries it at every character."""
+    starts = sorted({i for start in _TOKEN_STARTS for i in _find_all(lowered, start)})
+    pieces, position = [], 0
+    for start in starts:
+        if start < position:
+            continue
+        match = _TOKENS.match(text, start)  # `\b` still sees the character before `start`
+        if match:
+            pieces += [text[position:start], _token_replacement(match)]
+            position = match.end()
+    return "".join(pieces) + text[position:] if pieces else text
+
+
+def _find_all(text: str, word: str) -> Iterator[int]:
+    at = text.find(word)
+    while at >= 0:
+        yield at
+        at = text.find(word, at + 1)
+
+
 # -- encoded forms -------------------------------------------------------------------------------
 
 def _redact_encoded(text: str) -> str:
@@ -116,8 +151,7 @@ def _redact_encoded(text: str) -> str:
     spans = []
     if len(text) >= _BASE64_MIN:
         spans += [m.span() for m in _BASE64_RUN.finditer(text) if _hides_a_secret(m.group(0))]
-    escaped = "%" in text or "\\" in text
-    view = _ENCODED.sub(_decoded, text) if escaped else "".join(text.split())
+    view = _view(text)
     if view != text and (_FULL_JWT.search(view) or (_secrets_pattern is not None
                                                     and any(form in view for form in _secrets))):
         mapped = _View(text)
@@ -135,6 +169,15 @@ def _redact_encoded(text: str) -> str:
             pieces += [text[position:max(start, position)], REDACTED]
             position = end
     return "".join(pieces) + text[position:]
+
+
+def _view(text: str) -> str:
+    """`_ENCODED.sub(_decoded, text)`, fast: an escape holds no whitespace and starts with `%` or a backslash,
+    which no whitespace run does, so the escapes are those of each whitespace-free piece, decoded alone."""
+    pieces = text.split()  # the same whitespace as `\s`
+    if "%" in text or "\\" in text:
+        pieces = [_ESCAPE.sub(_decoded, piece) if "%" in piece or "\\" in piece else piece for piece in pieces]
+    return "".join(pieces)
 
 
 def _hides_a_secret(run: str) -> bool:
