@@ -14,6 +14,8 @@ from __future__ import annotations
 import html as _html
 import re
 
+from gp_lib.protocol import cut_text
+
 #: Characters kept of one value shown in a table cell or a terminal line.
 DEFAULT_LIMIT = 500
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
@@ -31,9 +33,7 @@ class Trusted(str):
 
 def cut(text: str, limit: int | None = DEFAULT_LIMIT) -> str:
     """`text` within `limit` characters, the rest replaced by a marker with the full length."""
-    if limit is None or len(text) <= limit:
-        return text
-    return f"{text[:limit]}…[cut: {len(text)} characters]"
+    return cut_text(text, limit)
 
 
 def visible_controls(text: str) -> str:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from gp_lib.diagnosis import SECURITY
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -42,10 +44,11 @@ GUIDES = {
         "race_conditions", ("no_1011_closes", "early_messages_answered", "rapid_cycles_complete")),
     "service_dependencies": Guide(
         "a missing service dependency",
-        "the agent handler's dependency checks (supervisor, thread service, LLM, database) and `/ws/health`. When "
-        "a service is missing, keep the socket open and send `agent_started`, a user-facing \"temporarily "
-        "unavailable, please try again\" message, then an `agent_completed` that names the fallback; never "
-        "silence, never 1011.",
+        "the agent handler's dependency checks (supervisor, thread service, LLM, database), the readiness guard "
+        "in front of the upgrade, and `/ws/health`. When a service is missing, accept the socket and send "
+        "`agent_started`, a user-facing \"temporarily unavailable, please try again\" message, then an "
+        "`agent_completed` that names the fallback; never silence, never 1011, never a refused or stalled "
+        "upgrade.",
         "service_dependencies", ("no_silent_failure", "graceful_message_in_every_failure",
                                  "completion_or_fallback_notice")),
     "factory_initialization": Guide(
@@ -57,8 +60,10 @@ GUIDES = {
     "missing_events": Guide(
         "missing or misrouted agent events",
         "the agent execution path that emits `agent_started`, `agent_thinking`, `tool_executing`, "
-        "`tool_completed` and `agent_completed` (every tool call must emit both of its events), and the routing "
-        "that picks the socket by `user_id`: an event on another user's socket is a data leak.",
+        "`tool_completed` and `agent_completed` (every tool call must emit both of its events), the routing "
+        "that picks the socket by `user_id` (an event on another user's socket is a data leak, and a "
+        "connection never registered with the manager gets none), and the loop that reads client messages: a "
+        "server that closes the socket normally right after a message it never answered fails there.",
         "missing_events", ("all_five_events", "started_first_completed_last", "tool_calls_closed",
                            "no_cross_user_events")),
     "authentication": Guide(
@@ -72,6 +77,13 @@ GUIDES = {
         "an unreachable target",
         "the URL (scheme, host, port, path `/ws`), DNS, the load balancer, and whether the service is running: "
         "`gp probe URL` shows what one connection gets.",
+        None, ()),
+    "authentication_not_enforced": Guide(
+        "authentication that is not enforced",
+        "the WebSocket endpoint's authentication mode (a demo or relaxed mode left on, such as the real "
+        "backend's `DEMO_MODE`, on by default, or an `ENVIRONMENT` that is not production) and what it does when "
+        "the auth service cannot be reached. Every upgrade must verify the token's signature, expiry and "
+        "issuer, and refuse one that fails (HTTP 401/403, or `AUTH_FAILED` then close 1008).",
         None, ()),
     "unknown": Guide(
         "a failure none of the four root causes explains",
@@ -90,6 +102,7 @@ IMPACT = {
                       "session.",
     "authentication": "Users are refused at the door: the token or the way it travels is rejected.",
     "unreachable": "The service cannot be reached at all.",
+    "authentication_not_enforced": "Anyone can open a chat session as some user without a valid token.",
     "unknown": "Sessions fail in a way none of the known root causes explains.",
 }
 #: Said only when this run saw an event reach another user's socket.
@@ -110,9 +123,9 @@ def attribution(result: Any, findings: Sequence[Any]) -> str | None:
     """The root cause this scenario's failures belong to, when the scenario's own cause was not seen
     (None for anything but one of the four scenarios: a triage pass or a stub has no cause of its own)."""
     own = OWN_CAUSE.get(result.scenario)
-    if own is None or getattr(result, "error", None) or result.verdict != "fail" or not findings:
+    causes = [f.root_cause for f in findings if f.root_cause not in SECURITY]  # a security finding fails no check
+    if own is None or getattr(result, "error", None) or result.verdict != "fail" or not causes:
         return None
-    causes = [f.root_cause for f in findings]
     return None if own in causes else causes[0]
 
 
@@ -178,19 +191,22 @@ def markdown(result: Any, findings: Sequence[Any], defaults: dict[str, Any], out
                        "**Then run it again:**\n\n" + _commands(reproduce_command(result, defaults))])
     if result.mode == "reference":
         return _reference(result, defaults)
+    security = _security(findings)
     if result.verdict == "pass":
         undecided = [c.name for c in result.checks if getattr(c, "inconclusive", False)]
-        return _block([f"**Nothing to fix:** every decided check passed against `{result.target}`"
+        return _block([*security,
+                       f"**{'No other issue' if security else 'Nothing to fix'}:** every decided check passed "
+                       f"against `{result.target}`"
                        + (f"; inconclusive on this target: {', '.join(undecided)} (see the results)" if undecided
                           else "") + ".",
-                       "**Keep this run as the baseline.** After the next deployment:\n\n"
-                       + _commands(again, compare)])
-    causes = [f.root_cause for f in findings]
+                       f"**{'After the fix' if security else 'Keep this run as the baseline.'}** After the next "
+                       "deployment:\n\n" + _commands(again, compare)])
+    causes = [f.root_cause for f in findings if f.root_cause not in SECURITY]
     own = OWN_CAUSE.get(result.scenario)
     cause = own if own in causes else causes[0] if causes else "unknown"
     guide = GUIDES.get(cause, GUIDES["unknown"])
     finding = next((f for f in findings if f.root_cause == cause), None)
-    lines = []
+    lines = list(security)
     if cause == own:
         lines.append(f"**Cause:** {guide.name}" + _strongest(finding))
     else:
@@ -239,6 +255,17 @@ def run_folder(out_dir: str | Path) -> str:
         return str(path.relative_to(ROOT))
     except ValueError:
         return str(path)
+
+
+def _security(findings: Sequence[Any]) -> list[str]:
+    """The lines a security finding puts before everything else."""
+    lines = []
+    for finding in (f for f in findings if f.root_cause in SECURITY):
+        guide = GUIDES[finding.root_cause]
+        lines += [f"**Security first:** {guide.name}" + _strongest(finding),
+                  f"**Where to look:** {guide.where} It is fixed when a run against the same target no longer "
+                  f"reports `{finding.root_cause}`."]
+    return lines
 
 
 def _strongest(finding: Any) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -192,11 +193,16 @@ def _invalid(text: str, length: int, problem: str) -> Message:
     return Message({"type": INVALID_TYPE}, raw=cut_text(text, MAX_RAW_CHARS), raw_length=length, problem=problem)
 
 
-def cut_text(text: str, limit: int) -> str:
-    """`text` within `limit` characters: longer text is cut and says how long it was."""
-    if len(text) <= limit:
+def cut_text(text: str, limit: int | None) -> str:
+    """`text` within `limit` characters: longer text is cut and says how long it was (as first received,
+    when it was cut before)."""
+    if limit is None or len(text) <= limit:
         return text
-    return f"{text[:limit]}…[cut: {len(text)} characters]"
+    earlier = _CUT_MARKER.search(text)
+    return f"{text[:limit]}…[cut: {earlier.group(1) if earlier else len(text)} characters]"
+
+
+_CUT_MARKER = re.compile(r"…\[cut: (\d+) characters\]$")
 
 
 def _bounded(value: Any, depth: int) -> tuple[Any, bool]:

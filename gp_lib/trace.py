@@ -31,7 +31,6 @@ redacted before they reach a row.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -54,7 +53,6 @@ CLIENT_OUTCOMES = frozenset({"client_error"})
 MAX_FIELD_CHARS = {"user_id": 200, "run_id": 200, "thread_id": 200, "tool_name": 200, "type": 200,
                    "server_user": 200, "close_reason": 300, "subprotocol": 300, "error": 1000,
                    "payload": protocol.MAX_RAW_CHARS}
-_CUT_MARKER = re.compile(r"…\[cut: (\d+) characters\]$")
 #: The longest line `load_jsonl` reads (a row holds one frame's evidence and bounded fields; a line
 #: of a trace from elsewhere may be longer, but not without limit).
 MAX_JSONL_LINE = 4 * protocol.MAX_FRAME_BYTES
@@ -139,11 +137,7 @@ def bounded(column: str, value: Any) -> str | None:
     if value is None:
         return None
     text = redact(value if isinstance(value, str) else str(value)) or ""
-    limit = MAX_FIELD_CHARS.get(column, protocol.MAX_STRING_CHARS)
-    if len(text) <= limit:
-        return text
-    earlier = _CUT_MARKER.search(text)  # cut before (by the decoder): keep the length as received
-    return f"{text[:limit]}…[cut: {earlier.group(1) if earlier else len(text)} characters]"
+    return protocol.cut_text(text, MAX_FIELD_CHARS.get(column, protocol.MAX_STRING_CHARS))
 
 
 # -- tables ------------------------------------------------------------------------

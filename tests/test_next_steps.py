@@ -101,3 +101,20 @@ def test_a_data_leak_is_named_only_when_this_run_saw_one():
     leaking = Finding("missing_events", 0.99, ["cross-user delivery: 12 events of other users' runs reached 2 users' "
                                                "sockets: a security defect"])
     assert "one customer's data shown to another" in next_steps.impact_markdown(events, [leaking])
+
+
+NOT_ENFORCED = Finding("authentication_not_enforced", 0.95, ["authentication not enforced: 3 of 3 connections that "
+                                                             "must be refused reached readiness"])
+
+
+def test_a_security_finding_comes_first_even_when_every_check_passed():
+    passing = _live([Check("no_1011_closes", True, "0 of 1126")])
+    text = next_steps.markdown(passing, [NOT_ENFORCED], DEFAULTS, "run")
+    assert text.startswith("**Security first:** authentication that is not enforced: authentication not enforced")
+    assert "DEMO_MODE" in text and "Nothing to fix" not in text and "**No other issue:**" in text
+    failing = next_steps.markdown(_live(FAILING), [NOT_ENFORCED, RACE], DEFAULTS, "run")
+    assert failing.index("**Security first:**") < failing.index("**Cause:** the handshake race")
+    # it fails no check of its own: the scenario's failures still belong to its own cause, or another's
+    assert next_steps.attribution(_live(FAILING), [NOT_ENFORCED, RACE]) is None
+    assert next_steps.attribution(_live(FAILING), [NOT_ENFORCED, FACTORY]) == "factory_initialization"
+    assert next_steps.attribution(_live(FAILING), [NOT_ENFORCED]) is None

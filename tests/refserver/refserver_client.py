@@ -51,14 +51,19 @@ class Session:
         self.frames.append(frame)
         return frame
 
-    async def until(self, match: str | Callable[[dict[str, Any]], bool], timeout: float = 2.0) -> dict[str, Any]:
-        """The first frame that matches a type or predicate, within one deadline."""
-        predicate = (lambda f: f["type"] == match) if isinstance(match, str) else match
+    async def _remaining(self, timeout: float) -> AsyncIterator[float]:
+        """The time left before one deadline, once per frame, for at most FRAME_LIMIT frames."""
         deadline = asyncio.get_running_loop().time() + scaled(timeout)
         for _ in range(FRAME_LIMIT):
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
-                break
+                return
+            yield remaining
+
+    async def until(self, match: str | Callable[[dict[str, Any]], bool], timeout: float = 2.0) -> dict[str, Any]:
+        """The first frame that matches a type or predicate, within one deadline."""
+        predicate = (lambda f: f["type"] == match) if isinstance(match, str) else match
+        async for remaining in self._remaining(timeout):
             try:
                 frame = await self.recv(remaining / TIME_SCALE)
             except ConnectionClosed:
@@ -80,26 +85,17 @@ class Session:
     async def quiet(self, seconds: float) -> list[dict[str, Any]]:
         """Every frame received in the next `seconds` (a bounded observation)."""
         received: list[dict[str, Any]] = []
-        deadline = asyncio.get_running_loop().time() + scaled(seconds)
-        for _ in range(FRAME_LIMIT):
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                break
+        async for remaining in self._remaining(seconds):
             try:
-                raw = await asyncio.wait_for(self.ws.recv(), remaining)
+                received.append(decode(await asyncio.wait_for(self.ws.recv(), remaining)))
             except (TimeoutError, ConnectionClosed):
                 break
-            received.append(decode(raw))
         self.frames.extend(received)
         return received
 
     async def closed(self, timeout: float = 2.0) -> tuple[int | None, str | None]:
         """Read until the server closes; `(close code, reason)`."""
-        deadline = asyncio.get_running_loop().time() + scaled(timeout)
-        for _ in range(FRAME_LIMIT):
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                break
+        async for remaining in self._remaining(timeout):
             try:
                 self.frames.append(decode(await asyncio.wait_for(self.ws.recv(), remaining)))
             except TimeoutError:
