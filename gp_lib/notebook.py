@@ -49,15 +49,19 @@ BADGES = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "inconclusive": "INC
 def markdown_table(table: pd.DataFrame | Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
     """A GitHub-flavoured Markdown table; every cell is shown literally (`escape.markdown`: no markup, no
     line break, cut at `escape.DEFAULT_LIMIT` characters), except `escape.Trusted` text."""
-    frame = table if isinstance(table, pd.DataFrame) else pd.DataFrame(list(table))
-    if columns is not None:
-        frame = frame[list(columns)]
-    if frame.empty:
+    if isinstance(table, pd.DataFrame):
+        names = list(columns) if columns is not None else list(table.columns)
+        cells = [list(row) for row in table[names].itertuples(index=False)]
+    else:  # rows as given: a DataFrame would turn `escape.Trusted` text into plain str
+        rows = list(table)
+        names = list(columns) if columns is not None else list(dict.fromkeys(k for row in rows for k in row))
+        cells = [[row.get(name) for name in names] for row in rows]
+    if not cells:
         return "_(none)_"
-    header = "| " + " | ".join(escape.markdown(c) for c in frame.columns) + " |"
-    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
-    rows = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *rows])
+    header = "| " + " | ".join(escape.markdown(c) for c in names) + " |"
+    rule = "| " + " | ".join("---" for _ in names) + " |"
+    lines = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in cells]
+    return "\n".join([header, rule, *lines])
 
 
 def _cell(value: Any) -> str:

@@ -30,6 +30,15 @@ def test_markdown_table_escapes_and_formats():
     assert nb.markdown_table([]) == "_(none)_"
 
 
+def test_a_link_the_toolkit_wrote_stays_a_link_in_a_table_and_server_text_does_not():
+    from gp_lib.escape import Trusted
+
+    text = nb.markdown_table([{"item": "notebook", "value": Trusted("[nb.ipynb](notebooks/nb.ipynb)")},
+                              {"item": "reason", "value": "[click](http://evil.test)"}])
+    assert "| notebook | [nb.ipynb](notebooks/nb.ipynb) |" in text
+    assert "| reason | [click\\](http://evil.test) |" in text
+
+
 def test_reference_verdict_names_both_arms_and_headline():
     text = nb.verdict_markdown(_result(), headline=("closed_1011",))
     assert "**Verdict: PASS**" in text
