@@ -273,7 +273,7 @@ def show_figure(figure: Any, name: str, result: Any, out_dir: str | Path, figure
 
     path = Path(out_dir) / "assets" / f"{result.scenario}-{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110, bbox_inches="tight")
+    figure.savefig(path, dpi=110)  # laid out by its maker (tight_layout), so no second draw to crop it
     plt.close(figure)
     figures.append(str(path))
     display(Image(filename=str(path)))

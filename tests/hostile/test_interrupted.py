@@ -30,15 +30,22 @@ QUICK = ["-p", "open_timeout_s=2", "-p", "ready_timeout_s=0.3", "-p", "receive_t
          "-p", "race_conditions.sweep_repeats=400", "-p", "race_conditions.deadline_s=300"]
 
 
+def _ignoring_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell does for a background job, and nohup
+
+
 @pytest.mark.notebook
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_an_interrupted_run_still_writes_its_summary_and_junit(tmp_path, signum):
+@pytest.mark.parametrize("signum, background", [(signal.SIGINT, False), (signal.SIGTERM, False),
+                                                (signal.SIGTERM, True)],
+                         ids=["SIGINT", "SIGTERM", "SIGTERM-started-ignoring-SIGINT"])
+def test_an_interrupted_run_still_writes_its_summary_and_junit(tmp_path, signum, background):
     out = tmp_path / "out"
     with serving("silent_ws") as server:
         process = subprocess.Popen(
             [sys.executable, "-m", "gp_lib.cli", "report", "--target", server.url, "--jobs", "1", "--out", str(out),
              "--scenario", "factory_initialization", "--scenario", "race_conditions", *QUICK],
-            cwd=ROOT, env={**os.environ, "JWT_SECRET_KEY": SECRET}, stderr=subprocess.PIPE, text=True)
+            cwd=ROOT, env={**os.environ, "JWT_SECRET_KEY": SECRET}, stderr=subprocess.PIPE, text=True,
+            preexec_fn=_ignoring_sigint if background else None)
         lines: list[str] = []
         reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
         reader.start()
@@ -59,6 +66,11 @@ def test_an_interrupted_run_still_writes_its_summary_and_junit(tmp_path, signum)
     suites = ET.parse(out / "junit.xml").getroot()
     assert int(suites.get("errors")) >= 1
     assert leaks_under(out, {"secret": SECRET}) == []
+    # the race notebook was stopped, not killed after the grace period: papermill wrote it as it stopped,
+    # with the cells that had started (a killed worker leaves the copy written before the first cell)
+    cells = json.loads((out / "notebooks" / "01_websocket_race_conditions.ipynb").read_text())["cells"]
+    started = [c for c in cells if c["metadata"].get("papermill", {}).get("start_time")]
+    assert 0 < len(started) < len(cells)
 
 
 def test_an_out_folder_holding_an_earlier_run_is_refused_without_force(tmp_path, capsys):
