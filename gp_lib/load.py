@@ -34,6 +34,9 @@ MAX_LOOP_LAG_P99_MS = 5.0
 #: Above this share of one core, the client process had no CPU to spare.
 MAX_CPU_SHARE = 0.9
 MIN_CPU_WINDOW_S = 1.0
+#: A loop that lagged while its process used less than this share of a core was kept waiting by other
+#: work on the machine, not by its own: more client workers would not help.
+OWN_WORK_SHARE = 0.5
 TICK_MS = 5.0
 
 
@@ -119,9 +122,19 @@ def client_load_check(load: pd.DataFrame | None) -> Check:
     if len(bound):
         storms = ", ".join(dict.fromkeys(s or "traffic" for s in bound["storm"]))
         return inconclusive(CHECK_NAME, f"the client, not the target, was the bottleneck in {len(bound)} of "
-                                        f"{len(load)} measurements ({storms}): {evidence}; spread large storms over "
-                                        "more worker processes (parameter workers) or a cluster (scheduler)")
+                                        f"{len(load)} measurements ({storms}): {evidence}; {_remedy(bound)}")
     return Check(CHECK_NAME, True, evidence)
+
+
+def _remedy(bound: pd.DataFrame) -> str:
+    """What would give timings to trust: more client processes when the client was busy itself, a quieter
+    machine when its loop waited for cores that other work held."""
+    busy = pd.to_numeric(bound["cpu_share"], errors="coerce").fillna(1.0) >= OWN_WORK_SHARE
+    if busy.any():
+        return "spread large storms over more worker processes (parameter workers) or a cluster (scheduler)"
+    return ("the client itself was mostly idle, so other work on this machine held the cores (other notebooks, "
+            "a server on the same host): for timings to the millisecond, run the scenario alone (one --scenario, "
+            "--jobs 1) on a quieter machine")
 
 
 def undecided_when_client_bound(checks: list[Check], load: pd.DataFrame | None, timing: Iterable[str]) -> list[Check]:

@@ -50,6 +50,14 @@ def test_a_saturated_client_makes_the_check_and_the_timing_checks_inconclusive_n
     assert judged["success_rate"].status == "pass"
 
 
+def test_the_remedy_depends_on_whether_the_client_or_the_machine_was_busy():
+    busy_client = client_load_check(load_table([_row(MAX_LOOP_LAG_P99_MS * 4, cpu_share=0.8)]))
+    busy_machine = client_load_check(load_table([_row(MAX_LOOP_LAG_P99_MS * 4, cpu_share=0.08)]))
+    assert busy_client.status == busy_machine.status == "inconclusive"
+    assert "parameter workers" in busy_client.evidence and "quieter machine" not in busy_client.evidence
+    assert "quieter machine" in busy_machine.evidence and "parameter workers" not in busy_machine.evidence
+
+
 def test_full_cpu_counts_only_when_sustained():
     assert client_load_check(load_table([_row(0.5, cpu_share=0.99, seconds=0.1)])).status == "pass"
     assert client_load_check(load_table([_row(0.5, cpu_share=0.99, seconds=3.0)])).status == "inconclusive"
