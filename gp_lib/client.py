@@ -63,12 +63,23 @@ class _Connect(connect):
         if not self.follow_redirects:
             return exc
         origin = self.ws_uri
-        followed = super().process_redirect(exc)
+        try:
+            followed = super().process_redirect(exc)
+        except (LookupError, ValueError):  # two Location headers, or one that is not a URL
+            return exc
         if isinstance(followed, str):
             new = parse_uri(followed)
             if (new.secure, new.host, new.port) != (origin.secure, origin.host, origin.port):
                 return exc
         return followed
+
+
+def _location(url: str, headers: Any) -> str:
+    """Where a redirect points, as evidence; a hostile answer's Location may be doubled or not a URL."""
+    try:
+        return urljoin(url, headers.get("Location", ""))
+    except (LookupError, ValueError):
+        return "(an unreadable Location)"
 
 
 def _proxy_setting(url: str) -> bool | None:
@@ -374,7 +385,7 @@ class TracedConnection:
         elif isinstance(exc, InvalidStatus) and exc.response.status_code in REDIRECT_STATUSES:
             status = exc.response.status_code
             record.handshake_status = status
-            location = urljoin(self.url, exc.response.headers.get("Location", ""))
+            location = _location(self.url, exc.response.headers)
             record.outcome = "redirected"
             record.error = redact(f"HTTP {status} redirect to {location[:300]}, not followed: "
                                   + ("it leaves the origin" if self.follow_redirects

@@ -35,9 +35,7 @@ WRONG_SECRET, EXPIRED, NO_TOKEN = "auth_probe_wrong_secret", "auth_probe_expired
 #: The authentication probes, and what each token is.
 AUTH_PROBES = {WRONG_SECRET: "a token signed with another secret", EXPIRED: "an expired token",
                NO_TOKEN: "no token at all"}
-#: Conditions of the attempts made here; none of them is scenario traffic.
-CONDITIONS = frozenset({INTRODUCTION, *AUTH_PROBES})
-_SELECTED = re.compile(r"unsupported subprotocol: ([A-Za-z0-9._-]{1,40})")
+_SELECTED = re.compile(r"unsupported subprotocol: ([A-Za-z0-9._-]{1,40})(?![A-Za-z0-9._-])")
 
 
 @dataclass
@@ -55,14 +53,14 @@ class Discovery:
 
 
 async def discover(target: Any, *, dialect: Dialect | None = None, why: str = "set by the dialect parameter",
-                   secret: str | None = None, health_routes: bool = True) -> Discovery:
+                   secret: str | None = None) -> Discovery:
     """Introduce the toolkit to `target` (a `scenarios.common.Target`) and probe its authentication.
 
     `dialect` forces one instead of detecting it (`why` says why); `secret` (the one tokens are minted
     with, when it is at hand) lets the probe mint an expired token.
     """
     intro, selected = await _introduce(target, dialect.offers() if dialect else ())
-    answers = await health.fetch_all(target.url, target.params.open_timeout_s) if health_routes else []
+    answers = await health.fetch_all(target.url, target.params.open_timeout_s)
     for answer in answers:
         intro.frames.append(frame_row(intro.attempt_id, round(intro.t_close_ms or 0.0, 3), "mark",
                                       {"path": answer.path, "status": answer.status, "answer": answer.summary,
@@ -106,14 +104,17 @@ async def _probe(target: Any, condition: str, dialect: Dialect, secret: str | No
         token = auth.mint_token(secret, user, now=time.time() - 7200, lifetime_s=60)
     else:
         token = None
+    # without the test-mode headers: a server that trusts X-User-ID would admit the probe for them, and
+    # the finding would blame its token checks
     return await _connect(target, condition, token=token, offers=dialect.offers(), ready_timeout_s=min(
-        target.params.ready_timeout_s, 5.0))
+        target.params.ready_timeout_s, 5.0), extra_headers=None)
 
 
 async def _connect(target: Any, condition: str, *, token: str | None = "", offers: tuple[str, ...] = (),
-                   ready_timeout_s: float | None = None) -> AttemptRecord:
-    """One traced attempt to readiness, then closed; `token=""` means a valid one for a fresh user."""
-    options: dict[str, Any] = {"extra_offers": offers, "anonymous": token is None}
+                   ready_timeout_s: float | None = None, **headers: Any) -> AttemptRecord:
+    """One traced attempt to readiness, then closed; `token=""` means a valid one for a fresh user;
+    `extra_headers=None` leaves the test-mode headers out."""
+    options: dict[str, Any] = {"extra_offers": offers, "anonymous": token is None, **headers}
     if token:
         options["token"] = token
     if ready_timeout_s is not None:

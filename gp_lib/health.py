@@ -9,6 +9,7 @@ and not an unreachable target. Nothing here raises on what a target answers.
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -78,18 +79,32 @@ async def probe_health(ws_url: str, condition: str, timeout_s: float) -> list[di
 
 def fetch(path: str, url: str, timeout_s: float) -> Answer:
     opener = _DIRECT if urlsplit(url).hostname in LOOPBACK else urllib.request.build_opener()
+    deadline = time.monotonic() + timeout_s
     try:
         with opener.open(url, timeout=timeout_s) as response:
-            return _answer(path, url, response.status, response.read(BODY_LIMIT))
+            return _answer(path, url, response.status, _read(response, deadline))
     except urllib.error.HTTPError as exc:
         try:
-            body = exc.read(BODY_LIMIT)
+            body = _read(exc, deadline)
         except Exception:  # the body of an error answer is optional evidence
             body = b""
         return _answer(path, url, exc.code, body)
     except Exception as exc:  # refused, timed out, not HTTP: all evidence, never a failure
         reason = getattr(exc, "reason", None) or exc
         return Answer(path, url, None, redact(f"no answer: {reason}") or "no answer")
+
+
+def _read(response: Any, deadline: float) -> bytes:
+    """The body, within `BODY_LIMIT` bytes and (give or take one read) the deadline: urllib's timeout is
+    per read, so a server that drips its body a byte at a time would otherwise hold us for hours."""
+    read = getattr(response, "read1", response.read)
+    body = b""
+    while len(body) < BODY_LIMIT and time.monotonic() < deadline:
+        chunk = read(BODY_LIMIT - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return body
 
 
 def _answer(path: str, url: str, status: int, body: bytes) -> Answer:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from gp_lib.diagnosis import SECURITY
+from gp_lib.escape import markdown as inert
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -179,14 +180,16 @@ def markdown(result: Any, findings: Sequence[Any], defaults: dict[str, Any], out
     from gp_lib.notebook import reproduce_command
 
     here = run_folder(out_dir)
-    after = str(Path(here).parent / "after-fix") if here not in (".", "") else "after-fix"
+    # one folder per run fixed: a second try must not find the first one's files there (gp report refuses them)
+    after = f"{here.rstrip('/')}-after-fix" if here not in (".", "") else "after-fix"
     again = f"{reproduce_command(result, defaults)} --out {shlex.quote(after)}"
     compare = f"gp compare {shlex.quote(here)} {shlex.quote(after)}"
     if result.error:
         cause = next((f.root_cause for f in findings if f.root_cause in ("unreachable", "authentication")),
                      "unreachable" if "unreachable" in result.error else "authentication"
                      if "authentication" in result.error else "unknown")
-        return _block([f"**Nothing could be tested:** {result.error}.",
+        why = result.error.removeprefix("nothing could be tested: ")
+        return _block([f"**Nothing could be tested:** {inert(why)}.",
                        f"**Fix this first:** {GUIDES[cause].where}",
                        "**Then run it again:**\n\n" + _commands(reproduce_command(result, defaults))])
     if result.mode == "reference":
@@ -269,7 +272,7 @@ def _security(findings: Sequence[Any]) -> list[str]:
 
 
 def _strongest(finding: Any) -> str:
-    return f": {finding.evidence[0]}." if finding is not None and finding.evidence else "."
+    return f": {inert(finding.evidence[0])}." if finding is not None and finding.evidence else "."
 
 
 def _names(checks: Sequence[str]) -> str:

@@ -253,5 +253,5 @@ def unanswered_before_close(record: AttemptRecord) -> int:
     if not sent or record.closed_by != "server":
         return 0
     answered = any(f["direction"] == "received" and f["type"] != "heartbeat" and f["t_ms"] > sent[0]
-                   for f in record.frames)
+                   and not protocol.is_ready_marker(protocol.message_from_row(f)) for f in record.frames)
     return 0 if answered else len(sent)

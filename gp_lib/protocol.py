@@ -1,8 +1,8 @@
 """Message shapes of the Golden Path WebSocket protocol, with no I/O.
 
-Everything here is a pure function of decoded frames, so the client, the
-validators, the diagnosis and the reference server can share it and test it
-without a network. The dialects of PROTOCOL.md are accepted on receive:
+Everything here is a pure function of frames: `decode` turns any frame into a
+bounded `Message`, so the client, the validators, the diagnosis, the importers
+and the reference server share one reading of it and test it without a network. The dialects of PROTOCOL.md are accepted on receive:
 enveloped (`{"type", "data": {...}}`), flat (fields at the top level) and
 mixed layouts; float or ISO-8601 timestamps; `error` and `error_message`
 frames; the four readiness forms including the three-step handshake.
@@ -42,7 +42,7 @@ STATUS_TYPES = frozenset({"status_update", "thread_status", "execution_status"})
 AGENT_REQUEST_ALIASES = frozenset({"agent_request", "start_agent", "user_message", "chat"})
 SERVICES = ("agent_supervisor", "thread_service", "llm_service", "database")
 
-#: Field value the parser gives a frame that is not JSON or has no type.
+#: The type `decode` gives a frame that is not JSON or has no type.
 INVALID_TYPE = "<invalid>"
 
 # -- close codes (PROTOCOL.md section 8) ---------------------------------------
@@ -84,6 +84,8 @@ MAX_FRAME_BYTES = 2**22
 MAX_DEPTH = 32
 #: Characters kept of any one string value; the rest is cut with a marker that gives the length.
 MAX_STRING_CHARS = 4_096
+#: Characters kept of any one object key (a field name; a longer one is someone's payload).
+MAX_KEY_CHARS = 256
 #: Items kept of any one object or list.
 MAX_ITEMS = 256
 #: Characters of a frame's text kept as evidence (the `payload` of the frames table).
@@ -118,14 +120,14 @@ class Message(dict):
         return self.problem is None
 
 
-def decode(frame: str | bytes | None) -> Message:
+def decode(frame: Any) -> Message:
     """Decode one frame, whatever it holds, into a `Message`; never raises.
 
     Every bound is applied here (size, depth, items, string length), so no
     caller has to trust what a server sent: a frame that is not a JSON object
     with a string type is a `Message` of type `INVALID_TYPE` with its `problem`.
     """
-    if frame is None:
+    if frame is None or not isinstance(frame, (str, bytes, bytearray)):  # None, or a table's NaN
         return _invalid("", 0, "empty frame")
     if isinstance(frame, (bytes, bytearray)):
         length = len(frame)
@@ -144,21 +146,22 @@ def decode(frame: str | bytes | None) -> Message:
         return _invalid(text, length, problem)
     if not isinstance(value, dict):
         return _invalid(text, length, "JSON but not an object")
-    bounded = value
-    kind, outer = _event_type(bounded)
-    raw = text if len(text) <= MAX_RAW_CHARS and not cut else _evidence(bounded, text)
+    kind, outer = _event_type(value)
+    raw = text if len(text) <= MAX_RAW_CHARS and not cut else _evidence(value)
     if kind is None:
-        return Message({**bounded, "type": INVALID_TYPE}, raw=raw, raw_length=length, problem="no type", cut=cut)
-    return Message({**bounded, "type": kind}, raw=raw, raw_length=length, outer_type=outer, cut=cut)
+        return Message({**value, "type": INVALID_TYPE}, raw=raw, raw_length=length, problem="no type", cut=cut)
+    return Message({**value, "type": kind}, raw=raw, raw_length=length, outer_type=outer, cut=cut)
 
 
-def load_json(text: str | bytes, limit: int = MAX_FRAME_BYTES) -> tuple[Any, str | None, bool]:
+def load_json(text: Any, limit: int = MAX_FRAME_BYTES) -> tuple[Any, str | None, bool]:
     """`(value, problem, cut)`: JSON text decoded within the bounds, or None and why not.
 
     For every JSON that comes from outside (frames, HTTP bodies, imported
     files): `json.loads` alone raises RecursionError on deep nesting and
     keeps megabyte strings whole.
     """
+    if not isinstance(text, (str, bytes, bytearray)):
+        return None, "not text", False
     if len(text) > limit:
         return None, f"{len(text)} characters, over the {limit} limit", False
     try:
@@ -217,8 +220,9 @@ def _bounded(value: Any, depth: int) -> tuple[Any, bool]:
     if isinstance(value, dict):
         kept: Any = {}
         for key, inner in list(value.items())[:MAX_ITEMS]:
-            kept[key], inner_cut = _bounded(inner, depth + 1)
-            cut = cut or inner_cut
+            short_key = cut_text(key, MAX_KEY_CHARS)
+            kept[short_key], inner_cut = _bounded(inner, depth + 1)
+            cut = cut or inner_cut or short_key != key
         if len(value) > MAX_ITEMS:
             kept["…"] = f"[cut: {len(value)} keys]"
         return kept, cut
@@ -238,12 +242,13 @@ def _event_type(message: dict[str, Any]) -> tuple[str | None, str | None]:
     if not isinstance(kind, str) or not kind:
         return None, None
     inner = message.get("data")
-    if kind in WRAPPER_TYPES and isinstance(inner, dict) and inner.get("type") in RUN_EVENT_TYPES:
+    if kind in WRAPPER_TYPES and isinstance(inner, dict) and isinstance(inner.get("type"), str) \
+            and inner["type"] in RUN_EVENT_TYPES:
         return inner["type"], kind
     return kind, None
 
 
-def _evidence(bounded: dict[str, Any], text: str) -> str:
+def _evidence(bounded: dict[str, Any]) -> str:
     """The text kept for a frame that was too long or had values cut: the bounded message re-encoded."""
     encoded = json.dumps(bounded, ensure_ascii=False, separators=(",", ":"), default=str)
     return cut_text(encoded, MAX_RAW_CHARS)

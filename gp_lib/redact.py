@@ -37,6 +37,7 @@ _TOKENS = re.compile(
     re.IGNORECASE,
 )
 _FULL_JWT = re.compile(_JWT)
+_NOT_TOKEN_CHAR = re.compile(r"[^A-Za-z0-9_-]")
 #: Where a `_TOKENS` match can start (lower case): the regex engine cannot skip ahead to these by itself.
 _TOKEN_STARTS = ("eyj", "jwt", "bearer")
 #: Lower case for ASCII letters only, for text whose `lower()` is longer (a few letters lower-case to two
@@ -125,14 +126,21 @@ def _tokens_sub(text: str, lowered: str) -> str:
     """`_TOKENS.sub(_token_replacement, text)`, trying the regex only where a match can start: in long
     text (traces) the plain `sub` tries it at every character."""
     starts = sorted({i for start in _TOKEN_STARTS for i in _find_all(lowered, start)})
-    pieces, position = [], 0
+    pieces, position, jwt_fails_until = [], 0, 0
     for start in starts:
-        if start < position:
+        is_jwt_start = lowered.startswith("eyj", start)
+        if start < position or (is_jwt_start and start < jwt_fails_until):
             continue
         match = _TOKENS.match(text, start)  # `\b` still sees the character before `start`
         if match:
             pieces += [text[position:start], _token_replacement(match)]
             position = match.end()
+        elif is_jwt_start:
+            # a token's first part runs to the end of this run of token characters whatever eyJ it starts
+            # at, so every later eyJ in the run fails as this one did: trying each is quadratic on a hostile
+            # `eyJeyJeyJ...` (a 100 KB field took 20 s)
+            end = _NOT_TOKEN_CHAR.search(text, start)
+            jwt_fails_until = end.start() if end else len(text)
     return "".join(pieces) + text[position:] if pieces else text
 
 

@@ -53,3 +53,26 @@ async def test_nothing_listening_is_evidence_and_the_default_is_assumed():
     found = await discovery.discover(target_of(url, "any-secret-of-some-length"))
     assert found.records[0].outcome == "refused" and found.dialect.name == "default (assumed)"
     assert "no readiness marker" in found.how and "the introduction ended refused" in found.how
+
+
+async def test_the_auth_probes_carry_no_test_mode_headers():
+    """A server that trusts X-User-ID would admit a probe for it: the finding would then blame its token checks."""
+    import json
+
+    import websockets
+
+    seen: list[tuple[str | None, str | None]] = []
+
+    async def handler(ws):
+        headers = ws.request.headers
+        seen.append((headers.get("X-User-ID"), headers.get("Authorization")))
+        await ws.send(json.dumps({"type": "connection_established", "connection_id": f"c{len(seen)}"}))
+        await ws.wait_closed()
+
+    async with websockets.serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        found = await discovery.discover(target_of(f"ws://127.0.0.1:{port}/ws", "a-secret-of-enough-length-1234"),
+                                         secret="a-secret-of-enough-length-1234")
+    assert [r.condition for r in found.records] == [discovery.INTRODUCTION, *discovery.AUTH_PROBES]
+    assert seen[0][0] is not None  # the introduction is scenario-like traffic: headers as the parameters say
+    assert [user for user, _ in seen[1:]] == [None, None, None]

@@ -51,3 +51,38 @@ async def test_an_answer_says_whether_the_service_is_ready():
 
 def test_health_urls_never_carry_userinfo():
     assert health.health_urls("ws://user:pw@127.0.0.1:8000/ws")[1] == ("/ws/health", "http://127.0.0.1:8000/ws/health")
+
+
+def test_a_body_dripped_byte_by_byte_is_cut_at_the_deadline():
+    """urllib's timeout is per read: a server that sends one byte every 50 ms never trips it."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+    total = 200  # 10 s of body at 50 ms a byte
+
+    def drip() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % total)
+            for _ in range(total):
+                if stop.wait(0.05):
+                    return
+                try:
+                    conn.sendall(b"x")
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=drip, daemon=True)
+    thread.start()
+    try:
+        answer = health.fetch("/health", f"http://127.0.0.1:{port}/health", 0.5)
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+    assert answer.status == 200
+    assert 0 < len(answer.summary) < total / 2  # cut near 0.5 s of 10 s, not read to the end

@@ -3,6 +3,7 @@ the run found."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from gp_lib import next_steps
@@ -35,9 +36,10 @@ def test_a_race_found_names_the_cause_where_to_look_the_proof_and_the_commands(t
     assert "sending the readiness marker" in text and "queue them" in text
     assert "`no_1011_closes`, `early_messages_answered` and `rapid_cycles_complete` pass in `race_conditions`" in text
     assert ("gp report --scenario race_conditions --target ws://127.0.0.1:9/ws -p sweep_repeats=1 "
-            "--out reports/after-fix\ngp compare reports/20261203T134049Z reports/after-fix") in text
+            "--out reports/20261203T134049Z-after-fix\ngp compare reports/20261203T134049Z "
+            "reports/20261203T134049Z-after-fix") in text
     outside = next_steps.markdown(_live(FAILING), [RACE], DEFAULTS, tmp_path / "run")
-    assert f"gp compare {tmp_path / 'run'} {tmp_path / 'after-fix'}" in outside
+    assert f"gp compare {tmp_path / 'run'} {tmp_path / 'run-after-fix'}" in outside
 
 
 def test_failures_of_another_root_cause_point_at_it_and_its_scenario():
@@ -67,7 +69,7 @@ def test_a_run_that_could_not_be_made_says_what_to_fix_first():
     result = _live([], error="nothing could be tested: every one of 12 attempts was refused or rejected for "
                              "authentication (12 auth_rejected)")
     text = next_steps.markdown(result, [AUTH], DEFAULTS, "run")
-    assert text.startswith("**Nothing could be tested:** nothing could be tested: every one of 12")
+    assert text.startswith("**Nothing could be tested:** every one of 12")
     assert "jwt_secret_env" in text and "gp compare" not in text
     assert next_steps.headline(result, [AUTH]) is None
 
@@ -118,3 +120,11 @@ def test_a_security_finding_comes_first_even_when_every_check_passed():
     assert next_steps.attribution(_live(FAILING), [NOT_ENFORCED, RACE]) is None
     assert next_steps.attribution(_live(FAILING), [NOT_ENFORCED, FACTORY]) == "factory_initialization"
     assert next_steps.attribution(_live(FAILING), [NOT_ENFORCED]) is None
+
+
+def test_server_text_in_the_block_is_inert_markdown():
+    hostile = "closed 1011: ![x](https://evil.example/p.png) <img src=x onerror=alert(1)>\n# Fix this first"
+    failed = _live([], error=f"nothing could be tested: {hostile}")
+    text = next_steps.markdown(failed, [], DEFAULTS, "run") + next_steps.markdown(
+        _live(FAILING), [replace(RACE, evidence=[hostile])], DEFAULTS, "run")
+    assert "![x](" not in text and "<img" not in text and "\n# Fix" not in text

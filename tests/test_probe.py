@@ -125,3 +125,12 @@ def test_against_the_real_backends_dialect_the_selected_scheme_is_offered_and_a_
     with running_server({"setup_ms": 1}, "netra") as netra:
         code, out, _ = probe(capsys, monkeypatch, netra.secret, netra.url, "--dialect", "netra", "--send", PING)
     assert code == 0 and "which was not offered" not in out and "<- pong" in out
+
+
+def test_a_readiness_marker_after_the_message_is_not_its_answer(capsys, monkeypatch):
+    """Sent before readiness (--send-at-ms 0), the message is followed by the marker, then the crashed loop's 1000."""
+    with running_server({"events": "loop_crash", "setup_ms": 50}, "netra") as netra:
+        code, out, _ = probe(capsys, monkeypatch, netra.secret, netra.url, "--dialect", "netra", "--send", PING,
+                             "--send-at-ms", "0")
+    assert out.index("-> ") < out.index("<- connection_established")
+    assert code == 1 and "unanswered:" in out

@@ -113,6 +113,18 @@ def test_long_strings_wide_containers_and_deep_nesting_are_cut_with_a_marker():
     assert protocol.decode(message.raw.split("…[cut")[0]).problem == "not JSON"  # evidence, cut: said so
 
 
+def test_long_keys_are_cut_too():
+    message = protocol.decode(json.dumps({"type": "agent_started", "k" * 100_000: 1}))
+    assert message.valid and message.cut
+    assert max(len(key) for key in message) < protocol.MAX_KEY_CHARS + 50
+
+
+@pytest.mark.parametrize("frame", [float("nan"), 3, ["a"], {"type": "x"}])
+def test_what_is_not_text_is_an_empty_frame_not_an_exception(frame):
+    assert protocol.decode(frame).problem == "empty frame"
+    assert protocol.load_json(frame) == (None, "not text", False)
+
+
 def test_an_event_wrapped_in_data_type_is_that_event():
     wrapped = {"type": "agent_progress", "run_id": "r1", "data": {"type": "agent_thinking", "thought": "..."}}
     message = protocol.decode(json.dumps(wrapped))
@@ -120,6 +132,8 @@ def test_an_event_wrapped_in_data_type_is_that_event():
     assert protocol.field(message, "run_id") == "r1"
     status = protocol.decode(json.dumps({"type": "system_message", "data": {"type": "status", "text": "hi"}}))
     assert status["type"] == "system_message" and status.outer_type is None
+    unhashable = protocol.decode(json.dumps({"type": "agent_progress", "data": {"type": [1]}}))
+    assert unhashable.valid and unhashable["type"] == "agent_progress" and unhashable.outer_type is None
 
 
 def test_a_row_decodes_from_its_payload_else_from_its_columns():
@@ -129,6 +143,7 @@ def test_a_row_decodes_from_its_payload_else_from_its_columns():
     assert protocol.message_from_row({**row, "payload": "<redacted"}) == \
         {"type": "agent_started", "run_id": "r1", "user_id": "u1"}
     assert protocol.message_from_row({"type": "close", "payload": '{"code": 1000}'})["type"] == protocol.INVALID_TYPE
+    assert protocol.message_from_row({**row, "payload": float("nan")})["run_id"] == "r1"  # a JSONL row without payload
 
 
 def test_error_forms_and_user_facing_text():

@@ -127,7 +127,9 @@ class ReferenceServer:
         """Start listening."""
         self._server = await serve(self._handle, self.host, self.requested_port,
                                    process_request=self._process_request,
-                                   select_subprotocol=self._select_subprotocol)
+                                   select_subprotocol=self._select_subprotocol,
+                                   # websockets drops a handshake after 10 s: a stall must end in its 500
+                                   open_timeout=max(10.0, self.dialect.stall_s + 5.0))
 
     async def close(self) -> None:
         """Close every connection (1001), stop listening and cancel the runs."""
@@ -380,7 +382,7 @@ class ReferenceServer:
         kind = message["type"]
         if self.faults.events == "loop_crash":  # the message loop dies on the message: a normal close, no answer
             logger.warning("loop_crash fault: %s from %s left unanswered", kind, conn.user_id)
-            await self._close(conn, 1000, self.dialect.crash_reason)
+            await self._close(conn, 1000, _reason(self.dialect.crash_reason))
         elif kind == "ping":
             echo = read_field(message, "timestamp")
             await self._send(conn, self.dialect.message("pong", **({"client_timestamp": echo} if echo else {})))
@@ -478,7 +480,7 @@ class ReferenceServer:
             return
         await self._send(conn, self.dialect.error(f"Connection error in {self.dialect.mode} mode", "CONNECTION_ERROR",
                                                   error_type=error_type, mode=self.dialect.mode))
-        await self._close(conn, INTERNAL_ERROR, self.dialect.mode_error_reason())
+        await self._close(conn, INTERNAL_ERROR, _reason(self.dialect.mode_error_reason()))
 
     async def _close(self, conn: _Connection, code: int, reason: str) -> None:
         if conn.close_code is None:

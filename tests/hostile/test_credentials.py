@@ -74,3 +74,15 @@ def test_probe_names_the_redirect_and_keeps_the_location_redacted(run_gp):
         assert server.peer.requests == []
     assert result.code == 1 and "outcome:      redirected" in result.out
     assert URL_SECRET not in result.out + result.err
+
+
+@pytest.mark.parametrize("follow", [False, True])
+@pytest.mark.parametrize("headers", [{"Location": "ws://127.0.0.1:9/a", "location": "ws://127.0.0.1:9/b"},
+                                     {"Location": "http://[x"}], ids=["two-locations", "not-a-url"])
+async def test_an_unreadable_redirect_is_recorded_not_raised(headers, follow):
+    async def behaviour(conn: Conn) -> None:
+        await conn.respond(302, headers)
+
+    with HostileServer(behaviour) as server:
+        conn = await attempt(server.url, follow_redirects=follow)
+    assert conn.record.outcome == "redirected" and conn.record.handshake_status == 302
