@@ -28,6 +28,7 @@ import nbformat
 import pandas as pd
 
 from gp_lib import diagnosis, events, har, protocol, report
+from gp_lib.escape import markdown as inert
 from gp_lib.checks import Check, none_check, ratio_check, verdict
 from gp_lib.next_steps import IMPACT
 from gp_lib.notebook import checks_markdown, diagnosis_markdown, markdown_table, package_version
@@ -71,6 +72,8 @@ class Analysis:
 # -- reading -------------------------------------------------------------------------------------
 
 #: What `gp analyze` reads, said whenever a file is not it.
+#: The largest trace read (a HAR import has the same limit).
+MAX_TRACE_BYTES = har.MAX_HAR_BYTES
 EXPECTED = ("expected a toolkit JSONL trace (one JSON object per line, each with \"record\": \"attempt\" or "
             "\"frame\", as in OUT/traces/*.jsonl) or a HAR saved from browser DevTools (a JSON object with \"log\")")
 #: Leading bytes of files people pick up by mistake.
@@ -92,9 +95,12 @@ def load_trace(path: str | Path) -> Trace:
         raise TraceError(f"{path}: is a directory" + (f" (a run folder: analyze one of its traces, e.g. "
                                                        f"{traces[0]})" if traces else "") + f"; {EXPECTED}")
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as file:
+            raw = file.read(MAX_TRACE_BYTES + 1)  # read, not stat: a pipe has no size
     except OSError as exc:
         raise TraceError(f"{path}: cannot be read ({exc})") from None
+    if len(raw) > MAX_TRACE_BYTES:
+        raise TraceError(f"{path}: over the {MAX_TRACE_BYTES}-byte limit of a trace; analyze a part of it")
     what = describe(raw)
     if what:
         raise TraceError(f"{path}: is {what}, not a trace; {EXPECTED}")
@@ -327,8 +333,8 @@ def next_text(analysis: Analysis) -> str:
                 f"{GUIDES['unknown'].where}\n\n{verify}")
     top = analysis.findings[0]
     guide = GUIDES.get(top.root_cause, GUIDES["unknown"])
-    return "\n\n".join([f"**Cause:** {guide.name} (`{top.root_cause}`)" + (f": {top.evidence[0]}." if top.evidence
-                                                                            else "."),
+    return "\n\n".join([f"**Cause:** {guide.name} (`{top.root_cause}`)" + (f": {inert(top.evidence[0])}."
+                                                                            if top.evidence else "."),
                           f"**Where to look in the server:** {guide.where}",
                           *([f"**Then prove it live:** `gp report --target URL --scenario {guide.scenario}`."]
                             if guide.scenario else []),

@@ -70,10 +70,14 @@ def verdict(checks: Iterable[Check]) -> str:
     Inconclusive checks count neither way; a list with nothing decided is an
     `error`: nothing could be tested.
     """
-    statuses = {c.status for c in checks}
+    return verdict_of({c.status for c in checks})
+
+
+def verdict_of(statuses: set[str]) -> str:
+    """`verdict` from the checks' statuses alone (summary.json files hold only those)."""
     if FAIL in statuses:
         return FAIL
-    return PASS if PASS in statuses or not statuses else ERROR
+    return PASS if PASS in statuses else ERROR
 
 
 def overall_verdict(verdicts: Iterable[str]) -> str:

@@ -12,6 +12,8 @@ import argparse
 import sys
 
 from gp_lib import history
+from gp_lib.escape import markdown as inert
+from gp_lib.escape import terminal
 from gp_lib.notebook import markdown_table
 
 
@@ -27,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"gp compare: {exc}", file=sys.stderr)
         return 2
     for line in mismatches(a, b):
-        print(f"gp compare: warning: {line}", file=sys.stderr)
+        print(f"gp compare: warning: {terminal(line)}", file=sys.stderr)
     print(comparison_markdown(a, b))
     return 1 if history.regressions(a, b) else 0
 
@@ -54,14 +56,14 @@ def comparison_markdown(a: history.Run, b: history.Run) -> str:
              else f"{run.path}/notebooks (scrapbook)"} for name, run in (("A", a), ("B", b))]
     if worse:
         headline = f"**B is worse than A** in {len(worse)} way{'s' if len(worse) > 1 else ''}:\n\n" \
-                   + "\n".join(f"- {line}" for line in worse)
+                   + "\n".join(f"- {inert(line)}" for line in worse)
     else:
         headline = "**B is no worse than A**: no check that passed in A fails in B, and no verdict got worse."
     warnings = mismatches(a, b)
     return "\n\n".join([
-        f"# Run comparison: {a.run_id} (A) against {b.run_id} (B)",
+        f"# Run comparison: {inert(a.run_id)} (A) against {inert(b.run_id)} (B)",
         markdown_table(runs),
-        *(["**Warning:** " + "; ".join(warnings) + "."] if warnings else []),
+        *(["**Warning:** " + inert("; ".join(warnings)) + "."] if warnings else []),
         headline,
         "## Verdicts",
         markdown_table(history.verdict_changes(a, b)),

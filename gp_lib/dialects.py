@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
+from gp_lib.protocol import load_json
+
 LAYOUTS = ("enveloped", "flat", "mixed")
 READY_FORMS = ("connection_established", "system_message", "connection_ready", "handshake")
 TIMESTAMP_FORMS = ("float", "iso")
@@ -178,10 +180,9 @@ class Dialect:
             return cls.from_dict(spec)
         text = (spec or "").strip()
         if text.startswith("{"):
-            try:
-                data = json.loads(text)
-            except ValueError:
-                raise ValueError(f"dialect {text[:60]!r} is neither a preset nor a JSON object") from None
+            data, problem, _ = load_json(text, limit=20_000)
+            if problem is not None:
+                raise ValueError(f"dialect {text[:60]!r} is neither a preset nor a JSON object ({problem})")
             return cls.from_dict(data)
         changes: dict[str, Any] = {}
         names: list[str] = []
@@ -192,11 +193,11 @@ class Dialect:
             key, sep, value = item.partition("=")
             key = key.strip()
             if not sep:
-                changes.update(preset(key))
+                changes.update({k: v for k, v in preset(key).items() if k != "name"})
                 names.append(key)
             else:
                 changes[key] = _parse_value(key, value.strip())
-        if "name" not in changes:
+        if "name" not in changes:  # named as written: `flat+iso`, `netra (changed)`
             changes["name"] = "+".join(names) or "default"
             if any("=" in item for item in text.split(",")):
                 changes["name"] += " (changed)"

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from gp_lib.checks import FAIL, INCONCLUSIVE, PASS, overall_verdict, status_of
+from gp_lib.checks import INCONCLUSIVE, overall_verdict, status_of, verdict_of
 
 SUMMARY = "summary.json"
 #: A summary holds checks and metrics of a few scenarios: kilobytes. Far more is not one.
@@ -167,9 +167,7 @@ def _scenario(path: Path, name: str, entry: Any) -> dict[str, Any]:
     metrics = entry.get("metrics") or {}
     if not isinstance(metrics, dict):
         raise RunError(f"{where}.metrics must be an object")
-    statuses = {status_of(c) for c in checks}
-    verdict = entry.get("verdict") or ("pass" if statuses and FAIL not in statuses and PASS in statuses
-                                       else "error" if statuses == {INCONCLUSIVE} else "fail")
+    verdict = entry.get("verdict") or verdict_of({status_of(c) for c in checks})
     if verdict not in VERDICT_RANK:
         raise RunError(f"{where}.verdict must be pass, fail or error, not {verdict!r}")
     return {"verdict": verdict, "checks": checks, "metrics": _flat(metrics), "report": entry.get("report")}

@@ -82,7 +82,8 @@ def verdict_markdown(result: Any, headline: Sequence[str] = (), findings: Sequen
     elif result.mode == "reference":
         reproduced = next((c for c in result.checks if c.name == "issue_reproduced"), None)
         fixed_failures = [c for c in result.checks if c.arm == "fixed" and c.failed]
-        lines = [f"**Verdict: {badge}** (reference mode: the reference server with the fault injected, then fixed)",
+        lines = [f"**Verdict: {badge}** (reference mode: the reference server with the fault injected and fixed, "
+                 "both arms at once)",
                  "",
                  f"- Issue reproduced in the faulty arm: **{'yes' if reproduced and reproduced.passed else 'no'}**",
                  f"- Remediation verified in the fixed arm: **{'yes' if not fixed_failures else 'no'}**"

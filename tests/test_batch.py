@@ -72,9 +72,11 @@ def test_scheduler_option_sets_the_parameter_of_the_scenarios_that_spread_storms
         batch.make_plan(parse("--scheduler", "127.0.0.1:8786"))
 
 
-def test_default_jobs_is_two_per_core_at_most_four():
-    assert batch.default_jobs() == max(1, min(2 * (os.cpu_count() or 1), 4))
-    assert parse().jobs == batch.default_jobs()
+@pytest.mark.parametrize("cores, jobs", [(1, 2), (2, 4), (8, 4), (None, 2)])
+def test_default_jobs_is_two_per_core_at_most_four(monkeypatch, cores, jobs):
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)  # None: the count is unknown
+    assert batch.default_jobs() == jobs
+    assert parse().jobs == jobs
 
 
 def test_plan_defaults_to_a_fresh_run_folder_under_reports(monkeypatch, tmp_path):

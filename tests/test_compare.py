@@ -69,6 +69,13 @@ def test_runs_of_another_target_or_mode_are_compared_with_a_warning(capsys, tmp_
     assert "the runs differ in mode: A is reference, B is live" in err and "differ in target" not in err
 
 
+def test_text_from_the_summaries_is_inert_in_markdown_and_on_the_terminal(capsys, tmp_path):
+    hostile = _moved(tmp_path, GOOD, target="ws://x/ws\x1b[31m<img src=x onerror=alert(1)>\n# Owned")
+    code, out, err = compare(capsys, GOOD, hostile)
+    assert "differ in target" in err and "\x1b" not in err
+    assert "<img" not in out and "\n# Owned" not in out
+
+
 @pytest.mark.parametrize("broken, named", [
     ("missing", "missing: no such run directory or summary.json"),
     ("broken/summary.json", "broken/summary.json: not a readable JSON file"),

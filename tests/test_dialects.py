@@ -216,3 +216,11 @@ async def test_the_four_scenarios_pass_and_nothing_is_diagnosed(served, monkeypa
     assert [f.root_cause for f in findings] == expected, [f.to_dict() for f in findings]
     detected = {r.dialect["live"]["dialect"] for r in results}  # the declared one, else described from the wire
     assert detected == {"netra" if preset.startswith("netra") else "detected"}
+
+
+def test_a_spec_is_named_as_written_and_a_deep_json_spec_is_refused_by_name():
+    assert Dialect.parse("flat,iso").name == "flat+iso"
+    assert Dialect.parse("netra,heartbeat_interval_s=5").name == "netra (changed)"
+    assert Dialect.parse("netra").name == "netra"
+    with pytest.raises(ValueError, match="neither a preset nor a JSON object"):
+        Dialect.parse('{"a":' * 3000)

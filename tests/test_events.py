@@ -118,6 +118,20 @@ def test_another_users_events_are_a_cross_user_leak(layout):
     assert report.owner == "u1" and not report.foreign and report.foreign_events == 1
 
 
+def test_behind_a_server_that_masks_ids_the_toolkits_users_stay_apart():
+    """The real backend names the socket's user by its first 8 characters: the concurrent users' names
+    differ there, so one's events on another's socket are still a leak, and a socket's own are its own."""
+    from gp_lib.scenarios.missing_events import concurrent_user_name
+
+    names = [concurrent_user_name(i) for i in range(12)]
+    masked = [name[:8] + "..." for name in names]
+    assert len(set(masked)) == len(names)
+    leaked = events.validate_run(run(HEALTHY, "mixed", user_id=names[1]), names[0], server_user=masked[0])
+    assert leaked.foreign and leaked.foreign_events == 6
+    own = events.validate_run(run(HEALTHY, "mixed", user_id=masked[0]), names[0], server_user=masked[0])
+    assert not own.foreign and own.foreign_events == 0
+
+
 def test_events_without_user_id_are_not_judged_as_leaks():
     report = events.validate_run(run(HEALTHY, "flat", user_id=None), "u1")
     assert report.clean and report.owner is None and report.foreign_events == 0

@@ -20,7 +20,6 @@ import select
 import subprocess
 import sys
 import threading
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -106,12 +105,7 @@ async def capture(devtools_url: str, page_url: str) -> list[dict[str, Any]]:
         session = (await call("Target.attachToTarget", {"targetId": target, "flatten": True}))["sessionId"]
         await call("Network.enable", {}, session)
         await call("Page.navigate", {"url": page_url}, session)
-        deadline = time.monotonic() + SESSION_DEADLINE_S
-        while not _all_closed(events):
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"the page's WebSocket did not close within {SESSION_DEADLINE_S:g} s"
-            with contextlib.suppress(asyncio.TimeoutError):
-                events.append(json.loads(await asyncio.wait_for(cdp.recv(), min(remaining, 1.0))))
+        await browser.wait(lambda: _all_closed(events), "the page's WebSocket did not close", SESSION_DEADLINE_S)
         await call("Target.closeTarget", {"targetId": target})
     return [e for e in events if e.get("method", "").startswith("Network.webSocket")]
 

@@ -15,7 +15,7 @@ import nbformat
 import pytest
 from websockets.asyncio.client import connect
 
-from chromium_cdp import SCALE, Session, chromium
+from chromium_cdp import SCALE, Session, chromium, needing_chromium
 from gp_lib import index_html
 from gp_lib.report import ReportContext
 
@@ -94,6 +94,7 @@ def real_run(tmp_path_factory) -> Path:
 
 
 @pytest.mark.notebook
+@pytest.mark.timeout(900)  # the fixture's run may take up to 300 s scaled
 def test_gp_report_writes_index_html_with_the_summary_first_and_every_figure_embedded(real_run):
     page = (real_run / "index.html").read_text()
     summary = json.loads((real_run / "summary.json").read_text())
@@ -108,8 +109,8 @@ def test_gp_report_writes_index_html_with_the_summary_first_and_every_figure_emb
 
 
 @pytest.mark.notebook
-@pytest.mark.browser
-@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+@pytest.mark.timeout(900)  # the fixture's run may take up to 300 s scaled
+@needing_chromium
 def test_index_html_opens_in_chromium_without_errors_and_every_image_renders(real_run, tmp_path):
     shot = tmp_path / "index-first-screen.png"
     with chromium(tmp_path / "profile") as devtools:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -14,6 +13,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from gp_lib.refserver import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALE = float(os.environ.get("GP_TIME_SCALE", "1"))
@@ -24,12 +25,6 @@ pytestmark = [
     pytest.mark.lab,
     pytest.mark.skipif(os.geteuid() != 0, reason="about the root shell: run the suite as root to cover it"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -43,7 +38,7 @@ def _get(url: str) -> tuple[int, str]:
 
 
 def test_make_lab_runs_as_root_serves_the_lab_page_and_keeps_its_token(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "BROWSER": "false",
            "JUPYTER_CONFIG_DIR": str(tmp_path / "config")}
     log = tmp_path / "lab.log"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Response
 
 from gp_lib import cli, preflight
-from gp_lib.refserver import running_server
+from gp_lib.refserver import free_port, running_server
 from gp_lib.scenarios import race_conditions
 
 SECRET_ENV = "GP_PREFLIGHT_SECRET"
@@ -24,15 +23,9 @@ def _params(url: str, **overrides):
     return race_conditions.Params.from_mapping({"target_url": url, "jwt_secret_env": SECRET_ENV, **overrides})
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]  # closed again when the block ends: nothing listens there
-
-
 def test_a_closed_port_stops_the_run_as_unreachable(monkeypatch):
     monkeypatch.setenv(SECRET_ENV, "a-secret-long-enough-for-the-preflight-tests")
-    seen = preflight.run(_params(f"ws://127.0.0.1:{_closed_port()}/ws"))
+    seen = preflight.run(_params(f"ws://127.0.0.1:{free_port()}/ws"))  # a port nothing listens on
     assert seen.root_cause == "unreachable" and seen.outcome == "refused"
     assert seen.stop.startswith("target unreachable: ws://127.0.0.1:") and "no health route answered" in seen.stop
     assert [h["status"] for h in seen.health] == [None, None]

@@ -183,7 +183,9 @@ async def _concurrent(target: Target, deadline: float, bar: Any) -> tuple[list[A
 
 
 def concurrent_user_name(index: int) -> str:
-    return f"events_concurrent_user_{index + 1}"
+    """Numbered first: the real backend shows ids cut to 8 characters (`u1_event...`; websocket_ssot.py
+    at aebb16f7, line 977), and ids that shared those 8 would hide one user's events on another's socket."""
+    return f"u{index + 1}_events_concurrent"
 
 
 async def concurrent_user(target: Target, index: int, context: Any) -> AttemptRecord:

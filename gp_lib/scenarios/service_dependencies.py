@@ -91,7 +91,7 @@ class Params(CommonParams):
 
     receive_timeout_s: float = 3.0         # answer deadline: no answer (or agent_started then nothing) by then = silent
     requests_per_condition: int = 3        # requests sent under each condition, each on its own connection
-    outages: list = list_field(*SERVICES)  # services taken down one at a time via the admin endpoint (reference mode)
+    outages: list = list_field(*SERVICES)  # all down at once, each on its own reference server (reference mode)
     health_probes: bool = True             # probe GET /health and /ws/health on the WebSocket's host and port
     agent_step_ms: float = 20.0            # reference server: delay between two agent events (reference mode)
     reference_fault: str = "silent"        # how the faulty reference arm fails: silent or close (1011)

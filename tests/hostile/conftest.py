@@ -12,7 +12,6 @@ import pytest
 from hostile_servers import SECRET
 
 ROOT = Path(__file__).resolve().parents[2]
-SECRET_ENV = "GP_HOSTILE_SECRET"
 
 
 @dataclass
@@ -30,7 +29,7 @@ class Result:
 def run_gp():
     """Run `gp ARGS...` with the hostile secret in JWT_SECRET_KEY; its exit code and output."""
     def run(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> Result:
-        environment = {**os.environ, "JWT_SECRET_KEY": SECRET, SECRET_ENV: SECRET, **(env or {})}
+        environment = {**os.environ, "JWT_SECRET_KEY": SECRET, **(env or {})}
         done = subprocess.run([sys.executable, "-m", "gp_lib.cli", *args], cwd=ROOT, env=environment,
                               capture_output=True, text=True, timeout=timeout, errors="replace")
         return Result(done.returncode, done.stdout, done.stderr)

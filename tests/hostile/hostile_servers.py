@@ -43,7 +43,6 @@ class Request:
     method: str
     path: str
     headers: dict[str, str]
-    body: bytes = b""
 
     @property
     def token(self) -> str | None:
@@ -195,8 +194,9 @@ async def _read_request(reader: asyncio.StreamReader) -> Request | None:
         if sep:
             headers[name.strip().lower()] = value.strip()
     length = int(headers.get("content-length", "0") or 0)
-    body = await reader.readexactly(min(length, READ_LIMIT)) if length else b""
-    return Request(method, path, headers, body)
+    if length:
+        await reader.readexactly(min(length, READ_LIMIT))  # drained, not kept
+    return Request(method, path, headers)
 
 
 # -- the encodings a server may echo a credential in -------------------------------------------
@@ -328,13 +328,14 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "silent_ws": silent_ws,
     "garbage_http": garbage_http,
     "garbage_ws": garbage_ws,
+    "redirect_auth": redirect_auth,
 }
 
 
 @contextlib.contextmanager
 def serving(name: str):
     """The named hostile server, with a recorder beside it for the redirecting ones."""
-    with HostileServer(recorder) as peer, HostileServer(BEHAVIOURS.get(name) or redirect_auth, peer=peer) as server:
+    with HostileServer(recorder) as peer, HostileServer(BEHAVIOURS[name], peer=peer) as server:
         yield server
 
 

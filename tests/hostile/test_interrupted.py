@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from hostile_servers import SECRET, serving
+from hostile_servers import SECRET, TIME_SCALE, serving
 from leak_scan import leaks_under
 
 from gp_lib import batch
@@ -30,8 +30,24 @@ QUICK = ["-p", "open_timeout_s=2", "-p", "ready_timeout_s=0.3", "-p", "receive_t
          "-p", "race_conditions.sweep_repeats=400", "-p", "race_conditions.deadline_s=300"]
 
 
-def _ignoring_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell does for a background job, and nohup
+def _popen(args: list[str], ignoring_sigint: bool, **kwargs) -> subprocess.Popen:
+    """Popen, the child started with SIGINT ignored when asked (as a shell does for a background job, and
+    nohup): set in this process just around the fork, since an ignored disposition survives exec."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if ignoring_sigint else None
+    try:
+        return subprocess.Popen(args, **kwargs)
+    finally:
+        if ignoring_sigint:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _wait_for(condition, what: str, process: subprocess.Popen, lines: list[str]) -> None:
+    """Wait (bounded, scaled by GP_TIME_SCALE) until `condition()` holds; the run must not end first."""
+    deadline = time.monotonic() + 180 * TIME_SCALE
+    while not condition():
+        assert process.poll() is None, "".join(lines)
+        assert time.monotonic() < deadline, f"never saw {what}: " + "".join(lines)
+        time.sleep(0.2)
 
 
 @pytest.mark.notebook
@@ -41,22 +57,26 @@ def _ignoring_sigint() -> None:
 def test_an_interrupted_run_still_writes_its_summary_and_junit(tmp_path, signum, background):
     out = tmp_path / "out"
     with serving("silent_ws") as server:
-        process = subprocess.Popen(
+        process = _popen(
             [sys.executable, "-m", "gp_lib.cli", "report", "--target", server.url, "--jobs", "1", "--out", str(out),
              "--scenario", "factory_initialization", "--scenario", "race_conditions", *QUICK],
-            cwd=ROOT, env={**os.environ, "JWT_SECRET_KEY": SECRET}, stderr=subprocess.PIPE, text=True,
-            preexec_fn=_ignoring_sigint if background else None)
-        lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
-        reader.start()
-        deadline = time.monotonic() + 180
-        while not any("race_conditions: started" in line for line in lines) and time.monotonic() < deadline:
-            assert process.poll() is None, "".join(lines)
-            time.sleep(0.2)
-        time.sleep(4)  # the race notebook is running now
-        process.send_signal(signum)
-        code = process.wait(90)
-        reader.join(10)
+            background, cwd=ROOT, env={**os.environ, "JWT_SECRET_KEY": SECRET}, stderr=subprocess.PIPE, text=True)
+        try:
+            lines: list[str] = []
+            reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
+            reader.start()
+            # one job at a time: the factory notebook's requests are all in once it is reported finished
+            _wait_for(lambda: any("factory_initialization: finished" in line for line in lines),
+                      "the factory notebook finish", process, lines)
+            factory_requests = len(server.requests)
+            _wait_for(lambda: len(server.requests) > factory_requests, "the race notebook's traffic", process, lines)
+            process.send_signal(signum)  # the race notebook is running now
+            code = process.wait(90 * TIME_SCALE)
+            reader.join(10)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
     err = "".join(lines)
     assert code == 130 and "Traceback" not in err, err
     summary = json.loads((out / "summary.json").read_text())

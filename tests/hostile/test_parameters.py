@@ -76,12 +76,12 @@ def test_probe_bounds_every_wait(capsys, monkeypatch, args, named):
     one_line_exit_2(capsys, ["probe", "ws://127.0.0.1:9/ws", *args], named)
 
 
-@pytest.mark.parametrize("url", ["ws://[::1", "ws://host:99999/ws", "ws://[zz]/ws"])
+@pytest.mark.parametrize("url", ["ws://[::1", "ws://127.0.0.1:99999/ws", "ws://[zz]/ws"])
 def test_probe_names_a_bad_url(capsys, monkeypatch, url):
     monkeypatch.setenv("JWT_SECRET_KEY", "probe-secret-0123456789abcdef")
     one_line_exit_2(capsys, ["probe", url], "URL")
 
 
-@pytest.mark.parametrize("url", ["ws://[::1", "ws://host:99999/ws"])
+@pytest.mark.parametrize("url", ["ws://[::1", "ws://127.0.0.1:99999/ws"])
 def test_report_names_a_bad_target(capsys, url):
     one_line_exit_2(capsys, [*REPORT, "--target", url], "target_url")

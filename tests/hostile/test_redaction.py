@@ -6,13 +6,21 @@ from __future__ import annotations
 import pytest
 from hostile_servers import SECRET, URL_SECRET, HostileServer, encodings, token_echo
 from leak_scan import leaks_in
+from test_properties import registry_restored
 
 from gp_lib import auth, trace
 from gp_lib.client import TracedConnection
 from gp_lib.redact import redact, register_secret
 
 TOKEN = auth.mint_token(SECRET, "alice")
-register_secret(SECRET)
+
+
+@pytest.fixture(autouse=True)
+def secret_registered():
+    """SECRET registered, as `gp` registers the JWT secret it is given, for each test of this file only."""
+    with registry_restored():
+        register_secret(SECRET)
+        yield
 
 
 @pytest.mark.parametrize("form", list(encodings(TOKEN)))

@@ -299,8 +299,8 @@ async def test_live_mode_fails_exactly_the_checks_each_fault_breaks(mode, broken
         leak = next(c for c in result.checks if c.name == "no_cross_user_events")
         # each concurrent user's 2 runs lose 5 events each to the other connected user
         assert leak.evidence.startswith("20 of ")
-        assert "events_concurrent_user_1's socket got 10 of events_concurrent_user_2's" in leak.evidence
-        assert "events_concurrent_user_2's socket got 10 of events_concurrent_user_1's" in leak.evidence
+        assert "u1_events_concurrent's socket got 10 of u2_events_concurrent's" in leak.evidence
+        assert "u2_events_concurrent's socket got 10 of u1_events_concurrent's" in leak.evidence
         assert "cross-user data leak" in me.interpret(result)
 
 
