@@ -6,9 +6,10 @@ is restarted (parallel kernel starts can collide on ports, papermill issue
 511); every cell has an execution timeout; a notebook that raises gets
 verdict `error` and does not stop the others.
 
-OUT holds the reports, `summary.json`, `junit.xml`, the executed notebooks
-(`notebooks/`, with each kernel's log), the traces and the figures. Exit
-codes: 0 every check passed, 1 a check failed, 2 the run could not be made.
+OUT holds the reports, `summary.json`, `junit.xml`, `index.html`, the executed
+notebooks (`notebooks/`, with each kernel's log), the traces and the figures.
+Exit codes: 0 every check passed, 1 a check failed, 2 the run could not be
+made, 130 interrupted (what finished is still written).
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                         help=f"execution timeout of each notebook cell (default {DEFAULT_TIMEOUT_S})")
     parser.add_argument("--force", action="store_true",
-                        help="write into an --out folder that holds an earlier run (its files are replaced)")
+                        help="write into an --out folder that holds an earlier run: the files this run writes "
+                             "replace theirs, the others stay (delete the folder for a clean run)")
 
 
 def default_jobs() -> int:
@@ -127,16 +129,18 @@ def run(args: argparse.Namespace) -> int:
     except ParameterError as exc:
         print(f"gp report: error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever it quotes
         return 2
-    seen = run_preflight(plan)
-    if seen is not None and seen.stop:
-        write_stopped(plan, seen)
-        print(redact(f"gp report: error: {terminal(seen.stop)}\ngp report: the run was stopped before its traffic: "
-                     f"{plan.out / 'summary.json'}"), file=sys.stderr)
-        return 2
     try:
+        seen = run_preflight(plan)
+        if seen is not None and seen.stop:
+            write_stopped(plan, seen)
+            print(redact(f"gp report: error: {terminal(seen.stop)}\ngp report: the run was stopped before its "
+                         f"traffic: {plan.out / 'summary.json'}"), file=sys.stderr)
+            return 2
         summary = run_plan(plan, seen.to_dict() if seen is not None else None)
     except KeyboardInterrupt:
-        print(f"gp report: interrupted: what finished is in {plan.out / 'summary.json'} and junit.xml",
+        written = (plan.out / "summary.json").is_file()
+        print("gp report: interrupted: " + (f"what finished is in {plan.out / 'summary.json'} and junit.xml"
+                                            if written else "before summary.json was written"),
               file=sys.stderr)
         return INTERRUPTED_EXIT
     except Exception:  # exit 1 would say "an issue was found": this run could not be made
@@ -333,9 +337,6 @@ def run_plan(plan: Plan, preflight: Mapping[str, Any] | None = None) -> dict[str
     Each notebook's reports are rendered and its files scrubbed as soon as it
     finishes, while the others still run; the end assembles the summary.
     """
-    from gp_lib import diagnosis, report
-    from gp_lib.checks import overall_verdict
-
     started_at = _now()
     _register_secrets(plan)
     (plan.out / "notebooks").mkdir(parents=True, exist_ok=True)
@@ -343,6 +344,7 @@ def run_plan(plan: Plan, preflight: Mapping[str, Any] | None = None) -> dict[str
     sections: dict[str, str] = {}   # each scenario's part of index.html
     scrubbed: set[Path] = set()
     interrupted = False
+    handlers = _interrupt_handlers()
     context = _workers_context()
     with _sigterm_as_interrupt(), ProcessPoolExecutor(max_workers=plan.jobs, mp_context=context, max_tasks_per_child=1) as pool:
         waiting, running = list(plan.entries), {}
@@ -368,6 +370,22 @@ def run_plan(plan: Plan, preflight: Mapping[str, Any] | None = None) -> dict[str
             interrupted = True
             _ignore_interrupts()  # a second Ctrl-C must not lose the summary
             _stop_workers(pool)
+    _ignore_interrupts()  # from here to the end, summary.json, junit.xml and index.html are written whatever comes
+    try:
+        summary = _write_run(plan, outcomes, sections, scrubbed, interrupted, started_at, preflight)
+    finally:
+        _restore(handlers)
+    if interrupted:
+        raise KeyboardInterrupt("interrupted; summary.json and junit.xml written")
+    return summary
+
+
+def _write_run(plan: Plan, outcomes: dict[str, Outcome], sections: dict[str, str], scrubbed: set[Path],
+               interrupted: bool, started_at: str, preflight: Mapping[str, Any] | None) -> dict[str, Any]:
+    """summary.json, junit.xml and index.html from what finished, then the last scrub; the summary."""
+    from gp_lib import diagnosis, report
+    from gp_lib.checks import overall_verdict
+
     if interrupted:
         for entry in plan.entries:
             if entry.scenario not in outcomes:
@@ -395,10 +413,6 @@ def run_plan(plan: Plan, preflight: Mapping[str, Any] | None = None) -> dict[str
     scrub(plan.out, skip=scrubbed | {index})  # index.html was redacted as it was written
     if plan.latest is not None:
         _point(plan.latest, plan.out)
-    if interrupted:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-        raise KeyboardInterrupt("interrupted; summary.json and junit.xml written")
     return summary
 
 
@@ -414,6 +428,18 @@ def _workers_context() -> Any:
     context.set_forkserver_preload(["gp_lib.batch", "papermill"])
     forkserver.ensure_running()
     return context
+
+
+def _interrupt_handlers() -> dict[int, Any]:
+    """SIGINT's and SIGTERM's handlers now (to put back after the run), when this is the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore(handlers: Mapping[int, Any]) -> None:
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
 
 
 def _ignore_interrupts() -> None:
@@ -441,7 +467,7 @@ def _job(plan: Plan, entry: Entry) -> dict[str, Any]:
     executed = plan.out / "notebooks" / entry.notebook
     return {"scenario": entry.scenario, "cwd": str(plan.notebooks_dir), "input": entry.notebook,
             "output": os.path.relpath(executed, plan.notebooks_dir),
-            "log": str(executed.with_suffix(".log")), "timeout_s": plan.timeout_s,
+            "log": str(executed.with_suffix(".log")), "timeout_s": plan.timeout_s, "environ": dict(os.environ),
             "parameters": {**plan.parameters[entry.scenario].values,
                            "out_dir": os.path.relpath(plan.out, plan.notebooks_dir)}}
 
@@ -461,6 +487,8 @@ def execute(job: Mapping[str, Any]) -> dict[str, Any]:
     sys.stderr.write(f"gp: {job['scenario']}: started {job['input']}\n")  # one write: workers start at once
     sys.stderr.flush()
     started = time.monotonic()
+    os.environ.clear()  # the fork server's copy dates from its start: the kernel gets the batch's environment now
+    os.environ.update(job["environ"])
     os.chdir(job["cwd"])
     log = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(log, 1)

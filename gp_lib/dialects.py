@@ -102,6 +102,7 @@ class Dialect:
         crash_reason: the reason of the normal close (1000) after a message loop crash.
         http_routes: serve `/health` and `/ws/health` (else 404).
         health_data: constant fields `/ws/health` also carries.
+        unhealthy_503: `/ws/health` answers HTTP 503 when it says unhealthy (else 200 with that body).
         heartbeat_interval_s: send a `heartbeat` frame this often after readiness; 0 is off.
         handshake_timeout_s: how long the handshake dialect waits for `handshake_acknowledged`.
         stall_s: how long a "stall_http_500" upgrade stalls.
@@ -134,6 +135,7 @@ class Dialect:
     crash_reason: str = ""
     http_routes: bool = True
     health_data: dict[str, Any] = field(default_factory=dict)
+    unhealthy_503: bool = True
     heartbeat_interval_s: float = 0.0
     handshake_timeout_s: float = 10.0
     stall_s: float = 15.0
@@ -334,7 +336,7 @@ NETRA = {
                    "features": {"full_business_logic": True, "golden_path_integration": True,
                                 "cloud_run_optimized": True, "emergency_fallback": True,
                                 "agent_orchestration": True}},
-    "health_data": {"mode": "ssot_consolidated"},
+    "health_data": {"mode": "ssot_consolidated"}, "unhealthy_503": False,  # websocket_ssot.py 1847-1895
     "offer_echo": "scheme", "unknown_offers": "refuse", "agent_request": "start_agent", "health_check": False,
     "status_request": False, "message_received": False, "test_flags": False, "failure": "mode_error",
     "not_ready": "http_403", "crash_reason": "main cleanup",

@@ -57,6 +57,7 @@ class Preflight:
         """One line for the terminal."""
         health = ", ".join(f"{h['path']} {h['status'] or 'no answer'}" for h in self.health)
         seen = (f"ready in {self.ready_ms:.0f} ms" if self.ready_ms is not None else
+                "not attempted: no token" if self.outcome is None else
                 f"{self.outcome}" + (f" (HTTP {self.handshake_status})" if self.handshake_status else "")
                 + (f" (close {self.close_code})" if self.close_code else ""))
         return f"one connection: {seen}" + (f"; health: {health}" if health else "") + f" ({self.seconds:.1f} s)"

@@ -107,7 +107,7 @@ def _exporter() -> MarkdownExporter:
 
 
 def sectioned(nb: nbformat.NotebookNode, context: ReportContext) -> nbformat.NotebookNode:
-    """A copy of `nb` with only section-tagged cells, under one heading per section, in DESIGN order.
+    """A copy of `nb` with only section-tagged cells, under one heading per section, in `SECTIONS` order.
 
     A section left empty says why; the environment falls back to what the
     batch knows, and the reproduce section always ends with the batch command.

@@ -514,3 +514,24 @@ def test_the_ci_job_runs_gp_report_and_archives_out_whatever_the_outcome():
         out = re.search(r"gp report .*--out \"?([\w/]+)", runs).group(1)
         upload = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/upload-artifact"))
         assert upload["if"] == "always()" and upload["with"]["path"] == out
+
+
+@pytest.mark.notebook
+def test_a_notebook_sees_the_environment_of_its_batch_not_of_the_fork_servers_start(tmp_path, monkeypatch):
+    """Workers fork from a server started once per process: a variable set since (a secret exported by a
+    wrapper, a test's monkeypatch) must still reach the kernel."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = batch._workers_context()  # the fork server runs from here on
+    monkeypatch.setenv("GP_TEST_LATE_VARIABLE", "set after the fork server started")
+    notebook = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                                 "display_name": "Python 3"}})
+    notebook.cells = [nbformat.v4.new_code_cell(
+        "import os, pathlib\npathlib.Path('seen.txt').write_text(os.environ.get('GP_TEST_LATE_VARIABLE', 'unset'))")]
+    nbformat.write(notebook, tmp_path / "in.ipynb")
+    job = {"scenario": "environment", "cwd": str(tmp_path), "input": "in.ipynb", "output": "out.ipynb",
+           "log": str(tmp_path / "out.log"), "timeout_s": 120, "parameters": {}, "environ": dict(os.environ)}
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        result = pool.submit(batch.execute, job).result(timeout=300 * SCALE)
+    assert result["error"] is None, (tmp_path / "out.log").read_text()
+    assert (tmp_path / "seen.txt").read_text() == "set after the fork server started"

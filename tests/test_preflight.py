@@ -101,3 +101,10 @@ def test_gp_report_stops_before_any_traffic_and_exits_2(monkeypatch, tmp_path: P
                                          "missing_events"}
     assert summary["preflight"]["close_code"] == 1008
     assert "not-the-server-secret" not in (tmp_path / "out" / "summary.json").read_text()
+
+
+def test_a_preflight_that_made_no_connection_says_so():
+    from gp_lib.preflight import Preflight
+
+    line = Preflight("ws://127.0.0.1:9/ws", stop="no token: the secret variable is empty").line()
+    assert line.startswith("one connection: not attempted: no token") and "None" not in line
