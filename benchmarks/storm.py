@@ -81,8 +81,9 @@ def stamp_lag_ms(conn: object) -> float | None:
 async def bare_session(url: str, token: str) -> None:
     async with connect(url, ping_interval=None, proxy=None, open_timeout=DEADLINE_S,
                        **auth.connect_kwargs(token, "both")) as ws:
-        while not protocol.is_ready_marker(json.loads(await ws.recv())):
-            pass
+        async with asyncio.timeout(DEADLINE_S):  # one deadline for the whole wait, as the traced client's
+            while not protocol.is_ready_marker(json.loads(await ws.recv())):
+                pass
 
 
 def server_cpu(pids: list[int]) -> list[float]:
@@ -103,7 +104,9 @@ async def traced(target: Target, count: int, setup_ms: float) -> dict[str, float
     if len(ok) < count:
         outcomes = sorted({r.outcome for r in records})
         print(f"    note: {count - len(ok)} of {count} sessions not ready ({', '.join(outcomes)})")
-    wall_s = max(r.extra["t_start_ms"] + (r.t_close_ms or 0.0) for r in records) / 1000
+    # a share lost with its worker has client_error records, never started: no t_start_ms
+    wall_s = max((r.extra["t_start_ms"] + (r.t_close_ms or 0.0) for r in records if "t_start_ms" in r.extra),
+                 default=float("nan")) / 1000
     error = statistics.median(r.t_ready_ms - r.t_open_ms for r in ok) - setup_ms if ok else float("nan")
     lag = max((row["loop_lag_p99_ms"] for row in load), default=float("nan"))
     stamps = [r.extra["stamp_lag_ms"] for r in ok if r.extra.get("stamp_lag_ms") is not None]

@@ -104,9 +104,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=default_jobs(), metavar="N",
                         help=f"notebooks run at once (default: two per core, at most {MAX_DEFAULT_JOBS}; here "
                              f"{default_jobs()})")
-    parser.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://HOST:8786, whose workers "
-                        "take the storms too large for one process (parameter scheduler; default: worker processes "
-                        "on this machine)")
+    parser.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler, e.g. tls://HOST:8786 (tcp:// on "
+                        "this machine only), whose workers take the storms too large for one process (parameter "
+                        "scheduler; default: worker processes on this machine)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                         help=f"execution timeout of each notebook cell (default {DEFAULT_TIMEOUT_S})")
     parser.add_argument("--force", action="store_true",

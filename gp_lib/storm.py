@@ -7,7 +7,8 @@ asyncio process becomes the bottleneck (its loop stamps frames late, see
 `gp_lib.load`), so storms of at least `spread_from` connections are split into
 one share per worker process: a Dask `LocalCluster` of `workers` processes
 (default one per core, started on first use), or the workers of an existing
-cluster (`scheduler`, e.g. `tcp://HOST:8786`). Dask is imported only then.
+cluster (`scheduler`, e.g. `tls://HOST:8786`; `tcp://` only on loopback, as the
+shares carry tokens). Dask is imported only then.
 
 Each share gets its connections' tokens minted here (the JWT secret never
 leaves this process), its slice of attempt ids, and the storm's start time.
@@ -18,8 +19,11 @@ attempt gets `t_start_ms`, its start on that origin, so attempts of
 different processes compare. Each share also returns its `client_load` row.
 
 `storm.together()` holds a connection until every connection of the storm,
-in every process, reached the same call (or the storm's deadline passed):
-the events scenario keeps all users connected until all runs are done.
+in every process, reached the same call, or until the storm's one deadline
+(`deadline_s` after its start, whatever the number of calls): the events
+scenario keeps all users connected until all runs are done. A share whose
+worker dies or hangs is given up `SHARE_GRACE_S` after that deadline: its
+connections become `client_error` attempts.
 """
 
 from __future__ import annotations
@@ -27,15 +31,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import os
 import resource
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol
+from urllib.parse import urlsplit
 
 from gp_lib.load import LoadMeter
-from gp_lib.redact import redact
+from gp_lib.redact import redact, redact_value
 from gp_lib.scenarios.common import ParameterError, Target
 from gp_lib.trace import AttemptRecord
 
@@ -44,6 +50,9 @@ LEAD_S = 0.5
 LEAD_PER_CONNECTION_S = 0.0005
 WORKER_START_TIMEOUT_S = 60.0
 BARRIER_POLL_S = 0.01
+#: How long a share may run past the storm's deadline (a run started just before it, closing sockets)
+#: before its worker is given up: a share is pinned to one worker, so a dead worker's share never runs.
+SHARE_GRACE_S = 60.0
 
 
 class Job(Protocol):
@@ -59,16 +68,33 @@ class SpreadParams:
     workers: int = 0                       # worker processes a large storm is spread over (0: one per core; with
                                            # a scheduler, that cluster's workers)
     spread_from: int = 500                 # storms of at least this many connections go to the workers
-    scheduler: str | None = None           # a Dask scheduler whose workers take them, e.g. "tcp://10.0.0.5:8786"
+    scheduler: str | None = None           # a Dask scheduler whose workers take them, e.g. "tls://10.0.0.5:8786"
 
     def validate(self) -> None:
         super().validate()  # type: ignore[misc]  # CommonParams' checks first (workers, spread_from not negative)
         if self.spread_from < 1:
             raise ParameterError(f"spread_from must be at least 1, got {self.spread_from}")
-        if self.scheduler is not None and (not isinstance(self.scheduler, str)
-                                           or not self.scheduler.startswith(("tcp://", "tls://"))):
-            raise ParameterError(f"scheduler must be a Dask scheduler address like tcp://HOST:8786, "
-                                 f"not {self.scheduler!r}")
+        if self.scheduler is not None:
+            check_scheduler(self.scheduler)
+
+
+def check_scheduler(address: Any) -> None:
+    """Refuse a scheduler the tokens would reach in cleartext: every share carries its connections' tokens,
+    so `tcp://` is for a scheduler on this machine only; another host needs `tls://`."""
+    if not isinstance(address, str) or not address.startswith(("tcp://", "tls://")):
+        raise ParameterError(redact(f"scheduler must be a Dask scheduler address like tls://HOST:8786, "
+                                    f"not {address!r}"))
+    if address.startswith("tcp://") and not _is_loopback(address):
+        raise ParameterError(redact(f"scheduler {address!r}: tcp:// to another host would carry the tokens that "
+                                    f"travel with the work in cleartext; use tls://, or tcp:// on 127.0.0.1"))
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        host = urlsplit(address).hostname
+        return host == "localhost" or (host is not None and ipaddress.ip_address(host).is_loopback)
+    except ValueError:  # not an IP address (a host name, which could resolve anywhere), or not a URL
+        return False
 
 
 # -- one storm -------------------------------------------------------------------------------
@@ -90,7 +116,7 @@ async def run(target: Target, job: Job, count: int, *, user: Callable[[int], str
     worker processes that ran it (none when it ran here: the caller measures its own process).
 
     `user(index)` names the user of connection `index` (its token is minted here when the storm is
-    spread). `deadline_s` bounds `together()` waits.
+    spread). The storm's deadline is `deadline_s` after its start: no `together()` waits past it.
     """
     pool: Pool | None = target.pool
     if pool is not None and pool.takes(count):
@@ -98,9 +124,9 @@ async def run(target: Target, job: Job, count: int, *, user: Callable[[int], str
         if bar is not None:
             bar.update(count)
         return records, load
-    records = await _run_here(target, job, range(count), origin=time.perf_counter(),
-                              deadline=time.monotonic() + deadline_s, together=_LocalBarrier(count, deadline_s),
-                              bar=bar)
+    deadline = time.monotonic() + deadline_s
+    records = await _run_here(target, job, range(count), origin=time.perf_counter(), deadline=deadline,
+                              together=_LocalBarrier(count, deadline), bar=bar)
     return records, []
 
 
@@ -138,11 +164,12 @@ async def _run_here(target: Target, job: Job, indices: Any, *, origin: float, de
 
 
 class _LocalBarrier:
-    """`together()` for connections in one event loop: the k-th call returns when all `parties` made it."""
+    """`together()` for connections in one event loop: the k-th call returns when all `parties` made it,
+    or at `deadline` (monotonic clock), the storm's one deadline, however many calls came before."""
 
-    def __init__(self, parties: int, timeout_s: float | None = None):
+    def __init__(self, parties: int, deadline: float):
         self.parties = parties
-        self.timeout_s = timeout_s
+        self.deadline = deadline
         self._arrived: dict[int, int] = {}
         self._events: dict[int, asyncio.Event] = {}
         self._calls: dict[asyncio.Task | None, int] = {}
@@ -156,7 +183,7 @@ class _LocalBarrier:
         if self._arrived[generation] >= self.parties:
             event.set()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), self.timeout_s)
+            await asyncio.wait_for(event.wait(), max(0.0, self.deadline - time.monotonic()))
 
 
 # -- the worker pool -------------------------------------------------------------------------
@@ -185,8 +212,8 @@ class Pool:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def start(self, min_workers: int = 1) -> None:
-        """Start the LocalCluster (or connect to the scheduler and wait for `min_workers`), measure the
+    def start(self) -> None:
+        """Start the LocalCluster (or connect to the scheduler and wait for a worker), measure the
         workers' clocks."""
         if self._client is not None:
             return
@@ -195,8 +222,9 @@ class Pool:
         from distributed import Client, LocalCluster
 
         if self.scheduler:
+            check_scheduler(self.scheduler)  # before connecting: the shares would carry tokens in cleartext
             self._client = Client(self.scheduler, timeout=WORKER_START_TIMEOUT_S)
-            self._client.wait_for_workers(min_workers, timeout=WORKER_START_TIMEOUT_S)
+            self._client.wait_for_workers(1, timeout=WORKER_START_TIMEOUT_S)
         else:
             self._cluster = LocalCluster(n_workers=self.workers or os.cpu_count() or 1, threads_per_worker=1,
                                          processes=True, host="127.0.0.1", dashboard_address=None,
@@ -258,29 +286,65 @@ class Pool:
         results = await asyncio.to_thread(self._run_shares, shares, storm_id, deadline_s)
         by_index: dict[int, AttemptRecord] = {}
         load = []
-        for share, (records, row) in zip(shares.values(), results):
+        for (address, share), result in zip(shares.items(), results):
+            if isinstance(result, str):
+                records = _lost(share, address, result, user)
+            else:
+                records, row = result
+                load.append(row)
             by_index.update(zip(share.indices, records))
-            load.append(row)
         return [_redacted(by_index[i]) for i in range(count)], load
 
     def _run_shares(self, shares: dict[str, "_Share"], storm_id: str,
-                    deadline_s: float) -> list[tuple[list[AttemptRecord], dict[str, Any]]]:
-        """Submit each share to its worker and coordinate `together()` until all are done; their results."""
-        from distributed import Event, Queue
+                    deadline_s: float) -> list[tuple[list[AttemptRecord], dict[str, Any]] | str]:
+        """Submit each share to its worker and coordinate `together()` until all are done; per share its
+        records and load row, or why it has none. Waits at most `SHARE_GRACE_S` past the storm's deadline:
+        a share pinned to a worker that died would never run. Leaves no queue or event on the scheduler."""
+        from distributed import Event, Queue, wait
+        from distributed.client import FuturesCancelledError
 
+        arrivals = Queue(f"gp-storm-{storm_id}", client=self._client)  # before the shares, which join it
         futures = [self._client.submit(run_share, share, workers=[address], allow_other_workers=False, pure=False)
                    for address, share in shares.items()]
-        arrivals = Queue(f"gp-storm-{storm_id}", client=self._client)
         count = sum(len(share.indices) for share in shares.values())
         end = time.monotonic() + deadline_s + LEAD_S + LEAD_PER_CONNECTION_S * count
         released = 0
-        while not all(f.done() for f in futures) and time.monotonic() < end:
-            # the barrier's coordinator: generation g is released once every share arrived g + 1 times
-            while arrivals.qsize() >= (released + 1) * len(shares):
-                Event(f"gp-storm-{storm_id}-{released}", client=self._client).set()
-                released += 1
-            time.sleep(BARRIER_POLL_S)
-        return self._client.gather(futures)
+        try:
+            while not all(f.done() for f in futures) and time.monotonic() < end:
+                # the barrier's coordinator: generation g is released once every share arrived g + 1 times
+                while arrivals.qsize() >= (released + 1) * len(shares):
+                    Event(f"gp-storm-{storm_id}-{released}", client=self._client).set()
+                    released += 1
+                time.sleep(BARRIER_POLL_S)
+            give_up = end + SHARE_GRACE_S
+            with contextlib.suppress(TimeoutError, FuturesCancelledError):
+                wait(futures, timeout=max(0.0, give_up - time.monotonic()))
+            return [_share_result(f, max(1.0, give_up - time.monotonic())) for f in futures]
+        finally:
+            self._client.cancel([f for f in futures if not f.done()])
+            arrivals.close()
+            for generation in range(released):  # a cleared event without waiters is deleted
+                Event(f"gp-storm-{storm_id}-{generation}", client=self._client).clear()
+
+
+def _share_result(future: Any, timeout_s: float) -> tuple[list[AttemptRecord], dict[str, Any]] | str:
+    """A share's records and load row, or why there are none (its error, or that it never finished)."""
+    if future.status not in ("finished", "error"):
+        return f"its share did not finish {SHARE_GRACE_S:g} s after the storm's deadline (the worker died or hung)"
+    try:
+        return future.result(timeout=timeout_s)
+    except Exception as exc:  # the job's own error, or the result lost with its worker
+        return f"its share failed: {type(exc).__name__}: {exc}"
+
+
+def _lost(share: "_Share", address: str, why: str, user: Callable[[int], str]) -> list[AttemptRecord]:
+    """One `client_error` attempt per connection of a share that returned no records: the client's failure,
+    not the target's, so no verdict is drawn from the run (`common.unreachable_error`)."""
+    target = share.target
+    target._counter = share.first_id  # the ids the share would have used
+    error = redact(f"worker {address}: {why}"[:1000])
+    return [AttemptRecord(target.next_id(), user_id=user(index), scenario=target.scenario, arm=target.arm,
+                          outcome="client_error", error=error) for index in share.indices]
 
 
 def _prepare_worker() -> None:
@@ -308,9 +372,14 @@ def _clock_offsets(client: Any) -> dict[str, float]:
 
 
 def _redacted(record: AttemptRecord) -> AttemptRecord:
-    """A worker's record redacted again here, where every secret of the run is known (the JWT secret too)."""
-    for frame in record.frames:
-        frame["payload"] = redact(frame.get("payload"))
+    """A worker's record redacted again here, where the secrets of the run (JWT secret, bypass key) are
+    registered: a worker knows none of them, so it could scrub only token-shaped text."""
+    for f in dataclasses.fields(record):
+        value = getattr(record, f.name)
+        if isinstance(value, str):
+            setattr(record, f.name, redact(value))
+    record.extra = redact_value(record.extra)
+    record.frames = [redact_value(frame) for frame in record.frames]
     return record
 
 
@@ -355,19 +424,6 @@ def run_share(share: _Share) -> tuple[list[AttemptRecord], dict[str, Any]]:
     raise_open_files_limit()
     client = get_client()
     arrivals = Queue(f"gp-storm-{share.storm_id}", client=client)
-    local = _LocalBarrier(len(share.indices), share.deadline_s)
-    generations: dict[int, asyncio.Future] = {}
-
-    async def together() -> None:
-        """Local barrier first; the last local arrival reports to the coordinator; all wait for its release."""
-        await local()
-        generation = local._calls[asyncio.current_task()] - 1
-        if generation not in generations:
-            event = Event(f"gp-storm-{share.storm_id}-{generation}", client=client)
-            generations[generation] = asyncio.ensure_future(asyncio.to_thread(_arrive_and_wait, arrivals, event,
-                                                                              share.deadline_s))
-        await asyncio.shield(generations[generation])
-
     job = cloudpickle.loads(share.job)
 
     async def main() -> tuple[list[AttemptRecord], dict[str, Any]]:
@@ -377,15 +433,33 @@ def run_share(share: _Share) -> tuple[list[AttemptRecord], dict[str, Any]]:
         origin = time.perf_counter() + wait   # the start instant on this process's monotonic clock
         if wait > 0:
             await asyncio.sleep(wait)
+        deadline = time.monotonic() + share.deadline_s
+        local = _LocalBarrier(len(share.indices), deadline)
+        generations: dict[int, asyncio.Future] = {}
+
+        async def together() -> None:
+            """Local barrier first; the last local arrival reports to the coordinator; all wait for its release,
+            both against the one deadline."""
+            await local()
+            generation = local._calls[asyncio.current_task()] - 1
+            if generation not in generations:
+                event = Event(f"gp-storm-{share.storm_id}-{generation}", client=client)
+                generations[generation] = asyncio.ensure_future(asyncio.to_thread(_arrive_and_wait, arrivals, event,
+                                                                                  deadline))
+            await asyncio.shield(generations[generation])
+
         async with LoadMeter(f"worker {get_worker().address}", share.label) as meter:
-            records = await _run_here(target, job, share.indices, origin=origin,
-                                      deadline=time.monotonic() + share.deadline_s, together=together)
+            records = await _run_here(target, job, share.indices, origin=origin, deadline=deadline,
+                                      together=together)
         return records, meter.row()
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    finally:
+        arrivals.close()  # the scheduler deletes the queue once every process that opened it closed it
 
 
-def _arrive_and_wait(arrivals: Any, event: Any, timeout_s: float) -> None:
+def _arrive_and_wait(arrivals: Any, event: Any, deadline: float) -> bool:
+    """Report this share's arrival; True once the coordinator released everyone, False at the deadline."""
     arrivals.put(1)
-    with contextlib.suppress(TimeoutError):
-        event.wait(timeout_s)
+    return event.wait(max(0.0, deadline - time.monotonic()))

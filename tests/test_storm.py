@@ -1,7 +1,8 @@
 """Storms: in this process, and spread over real Dask workers started with the `dask` command line on loopback.
 
 Timing is controlled: the reference server's setup time is injected, and the
-barrier test holds one connection back a chosen time before `together()`.
+barrier test holds one connection back a chosen time before `together()`;
+the lost-worker test kills a worker process from inside its share.
 """
 
 from __future__ import annotations
@@ -11,15 +12,18 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import cloudpickle
 import pytest
 
 from gp_lib import storm
+from gp_lib.redact import register_secret
 from gp_lib.refserver import free_port, running_server
 from gp_lib.scenarios import race_conditions as rc
 from gp_lib.scenarios.common import Credentials, ParameterError, Target
+from gp_lib.trace import AttemptRecord, frame_row
 
 SCALE = float(os.environ.get("GP_TIME_SCALE", "1"))
 SETUP_MS = 40.0 * SCALE
@@ -81,6 +85,34 @@ def test_spread_parameters_are_validated():
     rc.Params(scheduler="tcp://127.0.0.1:8786", workers=2, spread_from=10).validate()
 
 
+def test_a_scheduler_on_another_host_needs_tls_as_the_tokens_travel_with_the_work():
+    with pytest.raises(ParameterError, match=r"tcp://10\.0\.0\.5:8786.*tokens.*cleartext.*tls://"):
+        rc.Params(scheduler="tcp://10.0.0.5:8786").validate()
+    with pytest.raises(ParameterError, match="tls://"):
+        rc.Params(scheduler="tcp://scheduler.example:8786").validate()  # a name could resolve anywhere
+    for allowed in ("tls://10.0.0.5:8786", "tcp://localhost:8786", "tcp://[::1]:8786"):
+        rc.Params(scheduler=allowed).validate()
+    with pytest.raises(ParameterError, match="cleartext"):  # a pool made directly: refused before connecting
+        storm.Pool(scheduler="tcp://10.0.0.5:8786").start()
+
+
+def test_records_from_workers_are_redacted_again_where_the_secrets_are_registered():
+    """A worker never registers the JWT secret or bypass key: what the server echoed into ids and extras
+    there is scrubbed in this process."""
+    secret = f"storm-test-secret-{uuid.uuid4().hex}"
+    echoed = {"type": f"t-{secret}", "run_id": secret, "user_id": secret, "thread_id": f"th {secret}",
+              "tool_name": secret}
+    frame = frame_row("a1", 1.0, "received", echoed)  # built as a worker builds it, without the secret known
+    record = AttemptRecord("a1", user_id="u1", server_user=secret, frames=[frame],
+                           extra={"t_start_ms": 1.5, "seen": [f"id {secret}"]})
+    assert secret in frame["run_id"] and secret in frame["tool_name"]
+    register_secret(secret)
+    cleaned = storm._redacted(record)
+    assert secret not in repr(cleaned)
+    assert cleaned.frames[0]["run_id"] == "<redacted>" and cleaned.frames[0]["thread_id"] == "th <redacted>"
+    assert cleaned.extra == {"t_start_ms": 1.5, "seen": ["id <redacted>"]} and cleaned.server_user == "<redacted>"
+
+
 def test_runs_that_spread_nothing_never_import_dask():
     code = ("import asyncio, sys\nfrom gp_lib.scenarios import race_conditions as rc\n"
             "r = asyncio.run(rc.run(rc.Params(concurrency_levels=[2], send_delays_ms=[0], sweep_repeats=1, "
@@ -108,9 +140,16 @@ def _wait_for_port(port: int, timeout_s: float) -> None:
     raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout_s:g} s")
 
 
+def _wait_for_workers(address: str, count: int, timeout_s: float) -> None:
+    from distributed import Client
+
+    with Client(address, timeout=timeout_s) as client:
+        client.wait_for_workers(count, timeout=timeout_s)
+
+
 @pytest.fixture
 def dask_cluster():
-    """`dask scheduler` and `dask worker --nworkers 2` on loopback; the scheduler's address."""
+    """`dask scheduler` and `dask worker --nworkers 2` on loopback, both workers joined; the scheduler's address."""
     port = free_port()
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     scheduler = subprocess.Popen(_dask("scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"),
@@ -120,6 +159,7 @@ def dask_cluster():
         _wait_for_port(port, 60 * SCALE)
         workers = subprocess.Popen(_dask("worker", f"tcp://127.0.0.1:{port}", "--host", "127.0.0.1", "--nworkers", "2",
                                          "--nthreads", "1", "--no-dashboard"), **quiet)
+        _wait_for_workers(f"tcp://127.0.0.1:{port}", 2, 60 * SCALE)
         yield f"tcp://127.0.0.1:{port}"
     finally:
         for process in (workers, scheduler):
@@ -137,14 +177,16 @@ async def test_a_storm_spread_over_two_command_line_workers_shares_one_clock_and
 
     pool = storm.Pool(spread_from=4, scheduler=dask_cluster)
     try:
-        await asyncio.to_thread(pool.start, 2)  # both worker processes joined
+        await asyncio.to_thread(pool.start)
         addresses = pool.addresses
         with running_server({"setup_ms": SETUP_MS, "setup_ms_per_concurrent": 0}) as server:
             target = _target(server, pool)
             small, small_load = await storm.run(target, held_back, 3, user=_user, label="small", deadline_s=10 * SCALE)
             records, load = await storm.run(target, held_back, 8, user=_user, label="spread", deadline_s=10 * SCALE)
+        left = await asyncio.to_thread(_left_on_scheduler, pool._client, 10 * SCALE)
     finally:
         await pool.aclose()
+    assert left == []  # the storm's queue and its barrier's event are gone from the scheduler
     assert small_load == [] and all(r.outcome == "ok" for r in small)  # below spread_from: ran here
     assert len(addresses) == 2 and [row["process"] for row in load] == [f"worker {a}" for a in addresses]
     assert all(row["ticks"] > 0 and row["seconds"] > 0 for row in load)
@@ -158,6 +200,47 @@ async def test_a_storm_spread_over_two_command_line_workers_shares_one_clock_and
     held_until = records[0].extra["t_start_ms"] + records[0].t_ready_ms + HOLD_MS
     assert min(_sent_on_storm_clock(records[1::2])) >= held_until - 20 * SCALE
     assert max(_sent_on_storm_clock(records)) < held_until + 2000 * SCALE  # released, not timed out
+
+
+def _left_on_scheduler(client, timeout_s: float) -> list[str]:
+    """The storm queues and events the scheduler still holds, once empty or after `timeout_s` (a queue's
+    release is a one-way message that may arrive after the storm's end)."""
+    def held(dask_scheduler) -> list[str]:
+        return [str(name) for name in [*dask_scheduler.extensions["queues"].queues,
+                                       *dask_scheduler.extensions["events"]._events] if "gp-storm" in str(name)]
+
+    deadline = time.monotonic() + timeout_s
+    while (left := client.run_on_scheduler(held)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+async def dies_on_the_second_worker(target: Target, index: int, context) -> AttemptRecord:
+    """The odd connections (the second worker's share) end their worker process, as the OOM killer would."""
+    if index % 2:
+        os._exit(1)
+    return AttemptRecord(target.next_id(), user_id=_user(index), outcome="ok")
+
+
+async def test_a_share_whose_worker_dies_becomes_client_errors_instead_of_a_hang(dask_cluster, monkeypatch):
+    import asyncio
+
+    monkeypatch.setattr(storm, "SHARE_GRACE_S", 2 * SCALE)
+    params = rc.Params(out_dir="unused", max_concurrency=100)
+    pool = storm.Pool(spread_from=4, scheduler=dask_cluster)
+    target = Target("ws://127.0.0.1:9", "live", "storm_test", params,  # no connection is made
+                    Credentials(params, secret=f"storm-test-secret-{uuid.uuid4().hex}"), pool=pool)
+    try:
+        await asyncio.to_thread(pool.start)
+        addresses = pool.addresses
+        records, load = await storm.run(target, dies_on_the_second_worker, 4, user=_user, label="lost",
+                                        deadline_s=2 * SCALE)
+    finally:
+        await pool.aclose()
+    assert [r.user_id for r in records] == [_user(i) for i in range(4)] and len({r.attempt_id for r in records}) == 4
+    assert [r.outcome for r in records] == ["ok", "client_error", "ok", "client_error"]
+    assert all(r.error.startswith(f"worker {addresses[1]}: its share") for r in records[1::2]), records[1].error
+    assert [row["process"] for row in load] == [f"worker {addresses[0]}"]
 
 
 async def test_the_default_pool_is_a_local_cluster_it_starts_and_closes():
