@@ -439,7 +439,8 @@ def _interrupt_handlers() -> dict[int, Any]:
 
 def _restore(handlers: Mapping[int, Any]) -> None:
     for signum, handler in handlers.items():
-        signal.signal(signum, handler)
+        if handler is not None:  # None: installed outside Python, cannot be put back from here
+            signal.signal(signum, handler)
 
 
 def _ignore_interrupts() -> None:
