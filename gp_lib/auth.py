@@ -307,9 +307,13 @@ class StagingTokenSource:
         body = json.dumps({"email": email, "name": name, "permissions": permissions}).encode()
         request = urllib.request.Request(url, data=body, method="POST", headers={
             "Content-Type": "application/json", "X-E2E-Bypass-Key": key})
+        deadline = time.monotonic() + self.timeout_s
         try:
             with _OPENER.open(request, timeout=self.timeout_s) as response:
-                payload = json.loads(response.read(MAX_AUTH_BODY).decode() or "{}")
+                body = _read_body(response, deadline)
+            if len(body) > MAX_AUTH_BODY:
+                raise AuthError(f"auth service at {url} answered 200 with a body over the {MAX_AUTH_BODY}-byte limit")
+            payload = json.loads(body.decode() or "{}")
         except urllib.error.HTTPError as exc:
             if 300 <= exc.code < 400:
                 location = redact(str(exc.headers.get("Location", "nowhere")))[:300]
@@ -341,6 +345,21 @@ class StagingTokenSource:
         user = payload.get("user") if isinstance(payload.get("user"), dict) else {}
         user_id = str(user.get("id") or inspect_token(token).claims.get("sub") or email)
         return token, time.time() + expires_in, user_id
+
+
+def _read_body(response: Any, deadline: float) -> bytes:
+    """Up to MAX_AUTH_BODY + 1 bytes (one more tells an oversized body), by `deadline`: urllib's timeout is
+    per read, so a server dripping a byte at a time would otherwise hold us MAX_AUTH_BODY timeouts long."""
+    read = getattr(response, "read1", response.read)
+    body = bytearray()
+    while len(body) <= MAX_AUTH_BODY:
+        if time.monotonic() >= deadline:
+            raise TimeoutError
+        chunk = read(MAX_AUTH_BODY + 1 - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return bytes(body)
 
 
 def _status_message(url: str, status: int) -> str:

@@ -31,11 +31,6 @@ class Trusted(str):
     """Markdown the toolkit wrote itself (a link to a file of the run): shown as it is."""
 
 
-def cut(text: str, limit: int | None = DEFAULT_LIMIT) -> str:
-    """`text` within `limit` characters, the rest replaced by a marker with the full length."""
-    return cut_text(text, limit)
-
-
 def visible_controls(text: str) -> str:
     """Control and direction-override characters as visible escapes (`\\n`, `\\x1b`, `\\u202e`)."""
     def show(match: re.Match[str]) -> str:
@@ -46,18 +41,18 @@ def visible_controls(text: str) -> str:
 
 def terminal(text: object, limit: int | None = DEFAULT_LIMIT) -> str:
     """One line safe to print: no escape sequence, bell or carriage return reaches the terminal."""
-    return visible_controls(cut(str(text), limit))
+    return visible_controls(cut_text(str(text), limit))
 
 
 def markdown(text: object, limit: int | None = DEFAULT_LIMIT) -> str:
     """Inline Markdown (a table cell, a list item) that shows `text` literally and stays on one line."""
     if isinstance(text, Trusted):
         return text.replace("|", "\\|").replace("\n", " ")
-    shown = visible_controls(_LINE_BREAKS.sub(" ", cut(str(text), limit)))
+    shown = visible_controls(_LINE_BREAKS.sub(" ", cut_text(str(text), limit)))
     shown = _MARKDOWN.sub(r"\\\1", shown)
     return shown.replace("<", "&lt;")  # raw HTML is allowed in Markdown: no tag may open
 
 
 def html(text: object, limit: int | None = DEFAULT_LIMIT) -> str:
     """Text for an HTML element or attribute value."""
-    return _html.escape(visible_controls(cut(str(text), limit)), quote=True)
+    return _html.escape(visible_controls(cut_text(str(text), limit)), quote=True)

@@ -8,22 +8,22 @@ report: inputs hidden, images embedded as data URIs, no script and nothing
 fetched from elsewhere.
 
 Everything a target controls is escaped: the summary is built with
-`html.escape`, and the Markdown of the reports is rendered with raw HTML
-escaped (nbconvert passes it through by default) and harmful link protocols
-refused. Each section, and the page around them, passes through
-`gp_lib.redact.redact` last.
+`gp_lib.escape.html` (each value bounded, control characters made visible),
+and the Markdown of the reports is rendered with raw HTML escaped (nbconvert
+passes it through by default) and harmful link protocols refused. Each
+section, and the page around them, passes through `gp_lib.redact.redact` last.
 """
 
 from __future__ import annotations
 
 import functools
-import html
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import jinja2
 import nbformat
 
+from gp_lib import escape
 from gp_lib.notebook import BADGES
 from gp_lib.redact import redact
 
@@ -168,4 +168,4 @@ def _title(title: str, context: Any) -> str:
 
 
 def _escape(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
+    return escape.html("" if value is None else value)

@@ -76,12 +76,14 @@ def assignments_layer(assignments: Sequence[str]) -> dict[str, Any]:
 def load_layer(path: str | Path) -> dict[str, Any]:
     """A YAML parameter file as a layer (an empty file is an empty layer)."""
     try:
-        size = Path(path).stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ParameterError(f"parameter file {path} is {size} bytes, over the {MAX_FILE_BYTES}-byte limit")
-        text = Path(path).read_bytes().decode("utf-8")
+        with Path(path).open("rb") as source:  # read, not stat: a pipe (`-f <(...)`, /dev/stdin) has no size
+            data = source.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ParameterError(f"parameter file {path}: {exc.strerror}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ParameterError(f"parameter file {path} is over the {MAX_FILE_BYTES}-byte limit")
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ParameterError(f"parameter file {path} is not UTF-8 text (a binary file?)") from None
     data = load_yaml(text, f"parameter file {path}")

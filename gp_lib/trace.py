@@ -244,11 +244,13 @@ def load_jsonl(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """
     attempts, frames = [], []
     with Path(path).open(encoding="utf-8") as source:
-        for number, line in enumerate(source, 1):
+        number = 0
+        while line := source.readline(MAX_JSONL_LINE + 1):  # never more than one line's limit in memory
+            number += 1
+            if len(line) > MAX_JSONL_LINE:
+                raise ValueError(f"{path}:{number}: a line over the {MAX_JSONL_LINE}-character limit")
             if not line.strip():
                 continue
-            if len(line) > MAX_JSONL_LINE:
-                raise ValueError(f"{path}:{number}: a line of {len(line)} characters, over the {MAX_JSONL_LINE} limit")
             try:
                 row = json.loads(line)
             except ValueError as exc:
@@ -286,7 +288,7 @@ def _field_problem(row: dict[str, Any]) -> str | None:
     for name in _CODES:
         value = row.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or value != int(value) or not 0 <= value < 100_000):
+                                  or not 0 <= value < 100_000 or value != int(value)):  # NaN, inf fail the range
             return f"field {name!r} must be a whole number below 100000 or null, not {value!r}"
     return None
 

@@ -7,6 +7,7 @@ import socketserver
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from types import SimpleNamespace
 
 import jwt
 import pytest
@@ -117,6 +118,8 @@ class _AuthService(BaseHTTPRequestHandler):
     delay_s = 0.0
     calls = 0
     body = None  # bytes to answer 200 with instead of a token
+    drip_s = None  # seconds between the bytes of the body, sent one at a time
+    sent = 0  # bytes of the body written
 
     def do_POST(self):  # noqa: N802 - http.server naming
         type(self).calls += 1
@@ -134,7 +137,17 @@ class _AuthService(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
-        self.wfile.write(payload)
+        if self.drip_s is None:
+            self.wfile.write(payload)
+            return
+        try:
+            for n in range(len(payload)):
+                self.wfile.write(payload[n:n + 1])
+                self.wfile.flush()
+                type(self).sent += 1
+                time.sleep(self.drip_s)
+        except OSError:  # the client gave up and hung up
+            pass
 
     def log_message(self, *args):
         pass
@@ -143,7 +156,8 @@ class _AuthService(BaseHTTPRequestHandler):
 @pytest.fixture
 def auth_service(monkeypatch):
     monkeypatch.setenv("GP_TEST_BYPASS", "bypass-key-for-tests")
-    handler = type("Handler", (_AuthService,), {"status": 200, "delay_s": 0.0, "calls": 0, "body": None})
+    handler = type("Handler", (_AuthService,), {"status": 200, "delay_s": 0.0, "calls": 0, "body": None,
+                                                "drip_s": None, "sent": 0})
     server = HTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -186,6 +200,28 @@ def test_staging_garbage_body_is_named(auth_service, body, words):
     handler.body = body
     with pytest.raises(auth.AuthError, match=f"answered 200 with a body that is {words}"):
         auth.StagingTokenSource(url, "GP_TEST_BYPASS").token("a@example.test")
+
+
+def test_staging_body_over_the_limit_is_named_not_cut(auth_service, monkeypatch):
+    handler, url = auth_service
+    monkeypatch.setattr(auth, "MAX_AUTH_BODY", 100)
+    handler.body = json.dumps({"access_token": "t" * 200}).encode()  # a cut body would read as "not JSON"
+    with pytest.raises(auth.AuthError, match="answered 200 with a body over the 100-byte limit"):
+        auth.StagingTokenSource(url, "GP_TEST_BYPASS").token("a@example.test")
+
+
+def test_staging_body_dripped_a_byte_at_a_time_stops_at_the_deadline(auth_service, monkeypatch):
+    """urllib's timeout is per read: each byte comes well within it, so only the one deadline stops the read.
+    The clock is the test's: each look at it is one second later, so the 5 s deadline passes after a few reads."""
+    handler, url = auth_service
+    handler.drip_s = 0.01
+    token = auth.mint_token(SECRET, "u1")
+    handler.body = json.dumps({"access_token": token, "padding": "p" * 300}).encode()
+    ticks = iter(range(1_000_000))
+    monkeypatch.setattr(auth, "time", SimpleNamespace(monotonic=lambda: float(next(ticks)), time=time.time))
+    with pytest.raises(auth.AuthError, match="did not answer within 5 s"):
+        auth.StagingTokenSource(url, "GP_TEST_BYPASS", timeout_s=5).token("a@example.test")
+    assert handler.sent < len(handler.body)  # the whole body would have made a valid answer
 
 
 class _NotHttp(socketserver.BaseRequestHandler):

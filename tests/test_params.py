@@ -1,11 +1,14 @@
 """Layered parameters: the order of the layers, the YAML layout, and every way to get them wrong."""
 
+import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from gp_lib.batch import PARAMETERS_DIR, REGISTRY
+from gp_lib import params
 from gp_lib.params import assignments_layer, parse_assignment, resolve
 from gp_lib.scenarios.common import CommonParams, ParameterError
 
@@ -136,6 +139,30 @@ def test_bad_params_files_name_the_culprit(params_dir, tmp_path, text, name):
 def test_a_missing_params_file_is_named(params_dir, tmp_path):
     with pytest.raises(ParameterError, match="nowhere.yaml"):
         _resolve(params_dir, params_file=tmp_path / "nowhere.yaml")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_pipe_is_read_only_to_the_limit(tmp_path, monkeypatch):
+    """A pipe (`-f <(...)`, /dev/stdin) has size 0 to stat(): the limit must bound what is read."""
+    monkeypatch.setattr(params, "MAX_FILE_BYTES", 1000)
+    fifo = tmp_path / "params.fifo"
+    os.mkfifo(fifo)
+    chunk, total, written = b"# comment\n" * 400, 1 << 20, []
+
+    def write() -> None:
+        with open(fifo, "wb", buffering=0) as pipe:
+            try:
+                while sum(written) < total:
+                    written.append(pipe.write(chunk))
+            except BrokenPipeError:  # the reader stopped at the limit and closed its end
+                pass
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    with pytest.raises(ParameterError, match="params.fifo is over the 1000-byte limit"):
+        params.load_layer(fifo)
+    writer.join(10)
+    assert not writer.is_alive() and sum(written) < total
 
 
 def test_the_scenario_is_named_with_its_bad_value(params_dir):

@@ -1,11 +1,14 @@
 """The attempts and frames tables: columns, types, JSONL round trip, redaction."""
 
+import io
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
-from gp_lib import auth
+from gp_lib import auth, trace
 from gp_lib.redact import register_secret
 from gp_lib.trace import ATTEMPT_COLUMNS, FRAME_COLUMNS, AttemptRecord, frame_row, load_jsonl, save_jsonl, to_tables
 
@@ -101,6 +104,8 @@ def test_a_secret_that_json_escapes_is_redacted_from_payloads(secret):
     ({"attempt_id": {"x": 1}}, "field 'attempt_id' holds a dict"),
     ({"close_code": 1e30}, "field 'close_code' must be a whole number"),
     ({"close_code": 1000.5}, "field 'close_code' must be a whole number"),
+    ({"close_code": float("inf")}, "field 'close_code' must be a whole number"),
+    ({"handshake_status": float("nan")}, "field 'handshake_status' must be a whole number"),
     ({"t_open_ms": "abc"}, "field 't_open_ms' must be a number"),
 ])
 def test_odd_field_values_name_file_line_and_field(tmp_path, fields, words):
@@ -110,3 +115,21 @@ def test_odd_field_values_name_file_line_and_field(tmp_path, fields, words):
     path.write_text(json.dumps(good) + "\n" + json.dumps({**good, **fields}) + "\n")
     with pytest.raises(ValueError, match=f"odd.jsonl:2: {words}"):
         load_jsonl(path)
+
+
+def test_an_over_long_line_is_refused_after_reading_no_more_than_the_limit(tmp_path, monkeypatch):
+    """The limit bounds what is read, not just what is parsed: a multi-GB line never reaches memory."""
+    monkeypatch.setattr(trace, "MAX_JSONL_LINE", 100)
+    path = tmp_path / "long.jsonl"
+    path.write_text(json.dumps({"record": "frame", "attempt_id": "a"}) + "\n" + "x" * 10_000 + "\n")
+    taken = []
+
+    class Counting(io.StringIO):
+        def readline(self, size=-1):
+            taken.append(len(line := super().readline(size)))
+            return line
+
+    monkeypatch.setattr(trace, "Path", lambda p: SimpleNamespace(open=lambda **_: Counting(Path(p).read_text())))
+    with pytest.raises(ValueError, match="long.jsonl:2: a line over the 100-character limit"):
+        load_jsonl(path)
+    assert max(taken) == 101

@@ -10,10 +10,11 @@ own tests:
     with running_server({"race": True, "setup_ms": 50}, "handshake") as server:
         ...  # connect to server.url with a token minted from server.secret
 
-Modules, one concern each: `faults` (the switches), `dialect` (message
-wording), `factory` (the connection-manager factory), `agent` (the agent
-run), `server` (the WebSocket server), `admin` (fault and auth HTTP API),
-`process` (the server as a subprocess), `__main__` (the command line).
+Modules, one concern each: `faults` (the switches), `factory` (the
+connection-manager factory), `agent` (the agent run), `server` (the WebSocket
+server), `admin` (fault and auth HTTP API), `process` (the server as a
+subprocess), `cli` and `__main__` (the command line). Message wording is the
+dialect's, from `gp_lib.dialects`, which the client shares.
 """
 
 from gp_lib.dialects import PRESETS as DIALECT_PRESETS, Dialect

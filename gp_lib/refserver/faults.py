@@ -16,7 +16,8 @@ show both the issue and its fix. Switches are independent and combinable:
 - `events` (`omit_tools`, `out_of_order`, `misroute` or `loop_crash`): agent
   runs skip the tool events, send them out of order, or send them to another
   user; or the message loop dies on every message, which is never answered,
-  and the socket closes 1000 (the real backend's "main cleanup").
+  and the socket closes 1000 with the dialect's `crash_reason` (empty by
+  default; "main cleanup", as the real backend says, in the netra preset).
 
 `Faults` is plain data: it round-trips through JSON (the admin API and the
 `--faults-json` option speak it), and every constructor validates, raising

@@ -64,7 +64,8 @@ class CommonParams:
     open_timeout_s: float = 10.0           # deadline for the upgrade
     ready_timeout_s: float = 10.0          # deadline for the readiness marker
     receive_timeout_s: float = 10.0        # deadline for an awaited answer
-    max_concurrency: int = 50              # ceiling on simultaneous connections
+    max_concurrency: int = 50              # ceiling on simultaneous connections of one arm or outage phase
+                                           # (reference mode runs both arms and every outage phase at once)
     dialect: Any = "auto"                  # what the target speaks: auto (detected; the reference server's default),
                                            # a preset (netra, flat, ...), `preset,key=value`, or a mapping
     out_dir: str = "."                     # where traces and figures are written
@@ -447,7 +448,8 @@ async def run_scenario(module: ScenarioModule, params: CommonParams, *,
                                     progress=progress, pool=pool)
                     return await _observe(module, target, dialect, secret, "the reference server speaks it")
 
-            # Each arm has its own server process, so the two run at once: half the wall time, same traffic.
+            # Each arm has its own server process, so the two run at once: half the wall time, same traffic
+            # (and up to twice max_concurrency connections, one ceiling per arm).
             faulty, fixed = await together(drive_arm("faulty"), drive_arm("fixed"))
             observations.update(faulty=faulty, fixed=fixed)
     finally:
@@ -482,11 +484,22 @@ UNTESTABLE_OUTCOMES = UNREACHABLE_OUTCOMES | {"auth_rejected"}
 
 @contextlib.asynccontextmanager
 async def reference_server(faults: Mapping[str, Any], dialect: Dialect | str, secret: str) -> AsyncIterator[Any]:
-    """`gp_lib.refserver.running_server`, started and stopped in a thread so other traffic goes on meanwhile."""
+    """`gp_lib.refserver.running_server`, started and stopped in a thread so other traffic goes on meanwhile.
+
+    A thread cannot be cancelled: when this task is (`together` cancels the other arm when one fails), the
+    server starts anyway, so it is waited for and stopped before the cancellation goes on.
+    """
     from gp_lib.refserver import running_server
 
     stack = contextlib.ExitStack()
-    server = await asyncio.to_thread(stack.enter_context, running_server(faults=faults, dialect=dialect, secret=secret))
+    starting = asyncio.ensure_future(
+        asyncio.to_thread(stack.enter_context, running_server(faults=faults, dialect=dialect, secret=secret)))
+    try:
+        server = await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        await asyncio.wait({starting})
+        await asyncio.to_thread(stack.close)
+        raise
     try:
         yield server
     finally:

@@ -16,7 +16,8 @@ sending: this scenario is not about the handshake race):
   status_update (thread_status, execution_status) naming the thread and its
   state is the correct answer. The new socket then listens `settle_ms`, so
   the abandoned run has ended before the next phase connects other users.
-  `reconnect_trials` times.
+  `reconnect_trials` times, or not at all when the dialect has no
+  status_request.
 - `concurrent`: `concurrent_users` users connected at once (all ready before
   anyone sends), each making `runs_per_user` runs in a row; everyone stays
   connected until all are done, so an event routed to the wrong user lands on
@@ -36,8 +37,10 @@ stalling until their timeouts) never leaves a check without evidence.
 
 Attempt conditions: `sequential`, `concurrent`, `reconnect_drop` and
 `reconnect_status` (with a `trial` column). Tables: `runs` (one row per
-requested run of the sequential and concurrent phases, see `requested_runs`) and `status`
-(one row per reconnect trial, see `reconnect_status`).
+requested run of the sequential and concurrent phases, see `requested_runs`),
+`status` (one row per reconnect trial, see `reconnect_status`; empty when no
+trial ran) and `client_load` (the client's own load, one row per process and
+storm, see `gp_lib.load`).
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ The traffic, per arm:
 
 Each attempt row carries `phase`, `concurrency`, `send_delay_ms`,
 `wait_ready` and `repeat`. The `batches` table lists every planned batch and
-whether the deadline let it run.
+whether the deadline let it run; the `client_load` table the client's own
+load, one row per process and storm (`gp_lib.load`).
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ PHASES = ("storm", "sweep", "early_burst", "rapid_cycles")
 TIMING_CHECKS = ("mean_connect_time",)
 #: The columns this scenario adds to each attempts row.
 SCENARIO_COLUMNS = ("phase", "concurrency", "send_delay_ms", "wait_ready", "repeat")
+#: 1011s follow send timing (a race, so a race window may be claimed) when attempts that sent before the
+#: readiness marker close 1011 at least this many times as often as those that waited: the diagnosis's
+#: race criterion (`gp_lib.diagnosis`, "at least three times as often"), so the two never disagree. A cause
+#: that ignores send timing (factory, services) hits both alike; the margin keeps chance apart from a race.
+RACE_RATE_RATIO = 3
 
 
 @dataclass
@@ -295,7 +301,8 @@ def evaluate(observation: Observation, params: Params) -> tuple[list[Check], dic
     before, after = _by_send_timing(attempts)
     failed_before = int((before["outcome"] == "closed_1011").sum())
     failed_after = int((after["outcome"] == "closed_1011").sum())
-    race_like = failed_before > 0 and _share(failed_after, len(after)) * 3 <= _share(failed_before, len(before))
+    race_like = (failed_before > 0
+                 and _share(failed_after, len(after)) * RACE_RATE_RATIO <= _share(failed_before, len(before)))
     early = _early(attempts)
     window = race_window_ms(attempts) if race_like else None
     opened = pd.to_numeric(attempts["t_open_ms"], errors="coerce").dropna()

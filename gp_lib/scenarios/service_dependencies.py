@@ -14,7 +14,9 @@ The traffic, per arm, one connection per request:
    `health_probes` table, as evidence, never as a failure;
 2. with nothing taken down, at once: a healthy baseline `agent_request`;
    `agent_request`s with the test flag `simulate_agent_unavailable`, and with
-   `require_llm`; a plain `message` with `simulate_agent_unavailable`;
+   `require_llm`; a plain `message` with `simulate_agent_unavailable`. The
+   flagged requests only where the dialect has test flags, and the `message`
+   only where it answers `message_received` (`applicable`);
 3. reference mode only: for each service of `outages`, at the same time as
    the rest, a reference server of its own with the arm's faults has it taken
    down through its admin endpoint, the health probes repeated there, and

@@ -62,3 +62,16 @@ def test_a_report_header_escapes_the_error_a_target_caused():
     text, _ = report.render(nbformat.v4.new_notebook(), context)
     header = text.split("## ")[0]
     assert_inert_markdown(header.split("\n", 1)[1])  # the title line is the report's own heading
+
+
+def test_the_index_page_summary_shows_server_text_bounded_and_without_control_characters():
+    from gp_lib import escape
+    from gp_lib.index_html import summary_html
+
+    error = f"first error: {INJECTION}" + "x" * 100_000
+    page = summary_html({"run_id": "r1", "verdict": "error", "target": f"ws://h/{INJECTION}",
+                         "scenarios": {"race_conditions": {"verdict": "error", "error": error}},
+                         "diagnosis": [{"root_cause": "unknown", "confidence": 0.5, "evidence": [INJECTION]}]})
+    assert not re.search(r"<\s*(script|img)", page) and not CONTROL.search(page.replace("\n", "")), page[:300]
+    assert "\\x1b[31mRED" in page  # shown, not obeyed
+    assert len(page) < 4 * escape.DEFAULT_LIMIT + 2_000  # the 100 kB error is cut

@@ -143,3 +143,39 @@ async def test_together_runs_at_once_and_one_failure_cancels_the_rest_unwrapped(
     with pytest.raises(ValueError, match="could not be made"):
         await together(slow(1), fails(), slow(2))
     assert sorted(cancelled) == [1, 2]
+
+
+async def test_a_reference_server_cancelled_while_starting_is_stopped_once_started(monkeypatch):
+    """A thread cannot be cancelled: the server it starts must still be stopped when the arm is."""
+    import asyncio
+    import contextlib
+    import threading
+
+    import gp_lib.refserver
+    from gp_lib.scenarios.common import reference_server
+
+    events, entered, release = [], threading.Event(), threading.Event()
+
+    @contextlib.contextmanager
+    def slow_server(**_):
+        entered.set()
+        release.wait(10)
+        events.append("started")
+        try:
+            yield "server"
+        finally:
+            events.append("stopped")
+
+    async def arm():
+        async with reference_server({}, "default", "secret"):
+            await asyncio.Event().wait()
+
+    monkeypatch.setattr(gp_lib.refserver, "running_server", slow_server)
+    task = asyncio.ensure_future(arm())
+    await asyncio.to_thread(entered.wait, 10)
+    task.cancel()
+    await asyncio.sleep(0)  # the cancellation lands while the server is still starting
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert events == ["started", "stopped"]
