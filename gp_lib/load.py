@@ -109,32 +109,29 @@ def saturated(load: pd.DataFrame | None) -> pd.DataFrame:
 
 def client_load_check(load: pd.DataFrame | None) -> Check:
     """Pass when no client process was saturated; inconclusive (not fail) when one was: its timings
-    say more about the client than about the target."""
+    say more about the client, or about the machine it shares, than about the target."""
     if load is None or load.empty:
         return inconclusive(CHECK_NAME, "the client's load was not measured")
     worst = load.assign(_lag=pd.to_numeric(load["loop_lag_p99_ms"], errors="coerce")).sort_values("_lag").iloc[-1]
-    evidence = (f"{len(load)} client measurements; worst event-loop lag p99 {worst['loop_lag_p99_ms']:.1f} ms "
-                f"(max {worst['loop_lag_max_ms']:.1f} ms) in {worst['process']}"
-                + (f" during {worst['storm']}" if worst["storm"] else "")
-                + f"; highest CPU {pd.to_numeric(load['cpu_share'], errors='coerce').max():.0%} of a core "
-                  f"(limits: p99 lag {MAX_LOOP_LAG_P99_MS:g} ms, CPU {MAX_CPU_SHARE:.0%})")
+    cpu = pd.to_numeric(load["cpu_share"], errors="coerce")
+    evidence = (f"worst event-loop lag p99 {worst['loop_lag_p99_ms']:.1f} ms (max {worst['loop_lag_max_ms']:.1f} ms) "
+                f"in {worst['process']}" + (f" during {worst['storm']}" if worst["storm"] else "")
+                + f"; highest CPU {cpu.max():.0%} of a core (limits: p99 lag {MAX_LOOP_LAG_P99_MS:g} ms, "
+                  f"CPU {MAX_CPU_SHARE:.0%})")
     bound = saturated(load)
-    if len(bound):
-        storms = ", ".join(dict.fromkeys(s or "traffic" for s in bound["storm"]))
-        return inconclusive(CHECK_NAME, f"the client, not the target, was the bottleneck in {len(bound)} of "
-                                        f"{len(load)} measurements ({storms}): {evidence}; {_remedy(bound)}")
-    return Check(CHECK_NAME, True, evidence)
-
-
-def _remedy(bound: pd.DataFrame) -> str:
-    """What would give timings to trust: more client processes when the client was busy itself, a quieter
-    machine when its loop waited for cores that other work held."""
+    if bound.empty:
+        return Check(CHECK_NAME, True, f"{len(load)} client measurements; {evidence}")
+    storms = ", ".join(dict.fromkeys(s or "traffic" for s in bound["storm"]))
+    where = f"in {len(bound)} of {len(load)} measurements ({storms})"
     busy = pd.to_numeric(bound["cpu_share"], errors="coerce").fillna(1.0) >= OWN_WORK_SHARE
     if busy.any():
-        return "spread large storms over more worker processes (parameter workers) or a cluster (scheduler)"
-    return ("the client itself was mostly idle, so other work on this machine held the cores (other notebooks, "
-            "a server on the same host): for timings to the millisecond, run the scenario alone (one --scenario, "
-            "--jobs 1) on a quieter machine")
+        return inconclusive(CHECK_NAME, f"the client, not the target, was the bottleneck {where}: spread large "
+                                        "storms over more worker processes (parameter workers) or a cluster "
+                                        f"(scheduler); {evidence}")
+    return inconclusive(CHECK_NAME, f"other work on this machine (other notebooks, a server on the same host), not "
+                                    f"the target, delayed the mostly idle client {where}: for timings to the "
+                                    f"millisecond run the scenario alone (one --scenario, --jobs 1) on a quieter "
+                                    f"machine; {evidence}")
 
 
 def undecided_when_client_bound(checks: list[Check], load: pd.DataFrame | None, timing: Iterable[str]) -> list[Check]:
