@@ -81,7 +81,7 @@ def load_layer(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise ParameterError(f"parameter file {path}: {exc.strerror}") from None
     if len(data) > MAX_FILE_BYTES:
-        raise ParameterError(f"parameter file {path} is over the {MAX_FILE_BYTES}-byte limit")
+        raise ParameterError(f"parameter file {path} is over the limit of {MAX_FILE_BYTES} bytes")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

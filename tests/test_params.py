@@ -159,7 +159,7 @@ def test_a_pipe_is_read_only_to_the_limit(tmp_path, monkeypatch):
 
     writer = threading.Thread(target=write, daemon=True)
     writer.start()
-    with pytest.raises(ParameterError, match="params.fifo is over the 1000-byte limit"):
+    with pytest.raises(ParameterError, match="params.fifo is over the limit of 1000 bytes"):
         params.load_layer(fifo)
     writer.join(10)
     assert not writer.is_alive() and sum(written) < total

@@ -99,7 +99,7 @@ def test_a_scheduler_on_another_host_needs_tls_as_the_tokens_travel_with_the_wor
 def test_records_from_workers_are_redacted_again_where_the_secrets_are_registered():
     """A worker never registers the JWT secret or bypass key: what the server echoed into ids and extras
     there is scrubbed in this process."""
-    secret = f"storm-test-secret-{uuid.uuid4().hex}"
+    secret = f"storm-test-{uuid.uuid4().hex}"  # no word another test may have registered (gp probe: "secret")
     echoed = {"type": f"t-{secret}", "run_id": secret, "user_id": secret, "thread_id": f"th {secret}",
               "tool_name": secret}
     frame = frame_row("a1", 1.0, "received", echoed)  # built as a worker builds it, without the secret known
