@@ -674,10 +674,15 @@ def _dropped(ev: _Evidence) -> pd.DataFrame:
     sent = f[(f["direction"] == "sent") & (f["type"] != protocol.HANDSHAKE_ACK)]
     if not len(sent):
         return a.iloc[0:0].assign(request=pd.Series(dtype=bool))
-    first = sent.sort_values("t_ms", kind="stable").groupby("attempt_id").first()
-    answered = ev.received[ev.received["type"] != "heartbeat"].merge(
+    first = sent.sort_values("t_ms", kind="stable").drop_duplicates("attempt_id").set_index("attempt_id")
+    after = ev.received[ev.received["type"] != "heartbeat"].merge(
         first["t_ms"].rename("t_sent"), left_on="attempt_id", right_index=True)
-    answered_ids = set(answered.loc[answered["t_ms"] > answered["t_sent"], "attempt_id"])
+    after = after[after["t_ms"] > after["t_sent"]]
+    # a readiness marker after a message sent before it is not its answer
+    marker = pd.Series([protocol.is_ready_marker(protocol.message_from_row(row)) for row in after.to_dict("records")],
+                       index=after.index, dtype=bool)
+    answers = after[~marker]
+    answered_ids = set(answers["attempt_id"])
     closed_normally = a["cut"] & a["close_code"].isin([1000, 1001]) & (a["closed_by"] == "server")
     rows = a[closed_normally & a["attempt_id"].isin(set(first.index) - answered_ids)]
     return rows.assign(request=rows["attempt_id"].map(first["type"]).isin(events.REQUEST_TYPES))

@@ -75,6 +75,17 @@ def healthy(n: int = 4) -> list[AttemptRecord]:
 
 # -- nothing wrong ------------------------------------------------------------------------------------
 
+def test_a_message_sent_before_readiness_then_a_normal_close_is_unanswered_whatever_the_marker():
+    """A crashed message loop (the real backend's 1000 "main cleanup") after a request sent before the marker:
+    the marker that follows the request is not its answer."""
+    marker = {"type": "connection_established", "data": {"connection_id": "c1"}}
+    crashed = [attempt(user=f"u{k}", send=3.0, sent=request(t=3.0), received=[(20.0, marker)], close=25.0,
+                       by="server", reason="main cleanup") for k in range(4)]
+    findings = diagnose_tables(*tables(*crashed))
+    assert findings and findings[0].root_cause == "missing_events", [f.to_dict() for f in findings]
+    assert "messages unanswered" in text(findings[0])
+
+
 def test_a_healthy_run_gives_an_empty_diagnosis():
     assert diagnose_tables(*tables(*healthy())) == []
 

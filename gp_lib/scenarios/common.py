@@ -514,9 +514,11 @@ def unreachable_error(observations: Mapping[str, Observation]) -> str | None:
     own = attempts[attempts["outcome"].isin(CLIENT_OUTCOMES)] if len(attempts) else attempts
     if len(own):  # the client's own limits distort every figure: no verdict on the target from this run
         first = own["error"].dropna()
+        error = first.iloc[0] if len(first) else "client_error"
+        remedy = ("check the Dask workers (one died or hung during the storm)" if str(error).startswith("worker ")
+                  else "lower max_concurrency or raise the open-files limit")  # storm._lost names the worker
         return (f"the client's own limits, not the target: {len(own)} of {len(attempts)} attempts could not be "
-                f"made ({first.iloc[0] if len(first) else 'client_error'}); lower max_concurrency or raise the "
-                "open-files limit")
+                f"made ({error}); {remedy}")
     if not len(attempts) or not attempts["outcome"].isin(UNTESTABLE_OUTCOMES).all():
         return None
     first = attempts["error"].dropna()

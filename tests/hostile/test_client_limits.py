@@ -97,4 +97,8 @@ def test_a_run_with_client_errors_blames_nothing_on_the_target():
     records.append(AttemptRecord("a9", outcome="client_error", error="the client ran out of file descriptors"))
     why = unreachable_error({"live": Observation.from_records("live", records)})
     assert why.startswith("the client's own limits, not the target: 1 of 4") and "file descriptors" in why
+    assert "open-files limit" in why
+    records[-1] = AttemptRecord("a9", outcome="client_error", error="worker tcp://127.0.0.1:1: its share failed")
+    lost = unreachable_error({"live": Observation.from_records("live", records)})
+    assert "Dask workers" in lost and "open-files" not in lost
     assert {"redirected", "client_error"} <= set(OUTCOMES) and set(OUTCOMES) <= set(OUTCOME_COLOURS)
