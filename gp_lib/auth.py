@@ -310,7 +310,9 @@ class StagingTokenSource:
         deadline = time.monotonic() + self.timeout_s
         try:
             with _OPENER.open(request, timeout=self.timeout_s) as response:
-                body = _read_body(response, deadline)
+                body, ended = read_body(response, MAX_AUTH_BODY + 1, deadline)  # one more tells an oversized body
+            if not ended:
+                raise TimeoutError
             if len(body) > MAX_AUTH_BODY:
                 raise AuthError(f"auth service at {url} answered 200 with a body over the {MAX_AUTH_BODY}-byte limit")
             payload = json.loads(body.decode() or "{}")
@@ -347,19 +349,19 @@ class StagingTokenSource:
         return token, time.time() + expires_in, user_id
 
 
-def _read_body(response: Any, deadline: float) -> bytes:
-    """Up to MAX_AUTH_BODY + 1 bytes (one more tells an oversized body), by `deadline`: urllib's timeout is
-    per read, so a server dripping a byte at a time would otherwise hold us MAX_AUTH_BODY timeouts long."""
+def read_body(response: Any, limit: int, deadline: float) -> tuple[bytes, bool]:
+    """Up to `limit` bytes of an HTTP body, and whether it ended before `deadline`: urllib's timeout is per
+    read, so a server dripping a byte at a time would otherwise hold us `limit` timeouts long."""
     read = getattr(response, "read1", response.read)
     body = bytearray()
-    while len(body) <= MAX_AUTH_BODY:
+    while len(body) < limit:
         if time.monotonic() >= deadline:
-            raise TimeoutError
-        chunk = read(MAX_AUTH_BODY + 1 - len(body))
+            return bytes(body), False
+        chunk = read(limit - len(body))
         if not chunk:
             break
         body += chunk
-    return bytes(body)
+    return bytes(body), True
 
 
 def _status_message(url: str, status: int) -> str:

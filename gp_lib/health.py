@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from gp_lib import protocol
+from gp_lib.auth import read_body
 from gp_lib.client import LOOPBACK
 from gp_lib.redact import redact
 
@@ -82,10 +83,10 @@ def fetch(path: str, url: str, timeout_s: float) -> Answer:
     deadline = time.monotonic() + timeout_s
     try:
         with opener.open(url, timeout=timeout_s) as response:
-            return _answer(path, url, response.status, _read(response, deadline))
+            return _answer(path, url, response.status, read_body(response, BODY_LIMIT, deadline)[0])
     except urllib.error.HTTPError as exc:
         try:
-            body = _read(exc, deadline)
+            body = read_body(exc, BODY_LIMIT, deadline)[0]  # cut at the deadline: evidence as far as it came
         except Exception:  # the body of an error answer is optional evidence
             body = b""
         return _answer(path, url, exc.code, body)
@@ -94,28 +95,22 @@ def fetch(path: str, url: str, timeout_s: float) -> Answer:
         return Answer(path, url, None, redact(f"no answer: {reason}") or "no answer")
 
 
-def _read(response: Any, deadline: float) -> bytes:
-    """The body, within `BODY_LIMIT` bytes and (give or take one read) the deadline: urllib's timeout is
-    per read, so a server that drips its body a byte at a time would otherwise hold us for hours."""
-    read = getattr(response, "read1", response.read)
-    body = b""
-    while len(body) < BODY_LIMIT and time.monotonic() < deadline:
-        chunk = read(BODY_LIMIT - len(body))
-        if not chunk:
-            break
-        body += chunk
-    return body
-
-
 def _answer(path: str, url: str, status: int, body: bytes) -> Answer:
-    value, _, _ = protocol.load_json(body.decode("utf-8", "replace").strip())
-    return Answer(path, url, status, health_answer(body), value if isinstance(value, dict) else None)
+    text, value = _decoded(body)
+    return Answer(path, url, status, _summary(text, value), value if isinstance(value, dict) else None)
 
 
 def health_answer(body: bytes) -> str:
     """A short summary of a health body: its status and the services it says are down."""
+    return _summary(*_decoded(body))
+
+
+def _decoded(body: bytes) -> tuple[str, Any]:
     text = body.decode("utf-8", "replace").strip()
-    value, _, _ = protocol.load_json(text)
+    return text, protocol.load_json(text)[0]
+
+
+def _summary(text: str, value: Any) -> str:
     if not isinstance(value, dict) or "status" not in value:
         return redact(protocol.cut_text(text, 120)) or "(empty body)"
     availability = value.get("service_availability")
