@@ -90,6 +90,7 @@ merged, in live mode their traces pooled.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -351,6 +352,11 @@ class _Evidence:
     def own_runs(self) -> pd.DataFrame:
         """Runs of the socket's own user (another user's runs seen on a socket left out)."""
         return self.runs[~self.runs["foreign"].astype(bool)]
+
+    @functools.cached_property
+    def dropped(self) -> pd.DataFrame:
+        """Attempts whose first message went unanswered before a normal close (`_dropped`); two rules read it."""
+        return _dropped(self)
 
     @property
     def leaked(self) -> int:
@@ -679,9 +685,7 @@ def _dropped(ev: _Evidence) -> pd.DataFrame:
         first["t_ms"].rename("t_sent"), left_on="attempt_id", right_index=True)
     after = after[after["t_ms"] > after["t_sent"]]
     # a readiness marker after a message sent before it is not its answer
-    marker = pd.Series([protocol.is_ready_marker(protocol.message_from_row(row)) for row in after.to_dict("records")],
-                       index=after.index, dtype=bool)
-    answers = after[~marker]
+    answers = after[~after["message"].map(protocol.is_ready_marker).astype(bool)]
     answered_ids = set(answers["attempt_id"])
     closed_normally = a["cut"] & a["close_code"].isin([1000, 1001]) & (a["closed_by"] == "server")
     rows = a[closed_normally & a["attempt_id"].isin(set(first.index) - answered_ids)]
@@ -799,7 +803,7 @@ def _service_errors(ev: _Evidence) -> tuple[list[str], int]:
 def _events(ev: _Evidence) -> _Judgement:
     runs = ev.runs
     judgement = _Judgement(EVENTS)
-    dropped = _dropped(ev)
+    dropped = ev.dropped
     requests = dropped[dropped["request"]]
     if len(requests):
         judgement.add(0.7 + 0.25 * _upto(len(requests)),
@@ -858,7 +862,7 @@ def _unknown(ev: _Evidence, failing: Mapping[str, list[str]]) -> _Judgement:
         judgement.evidence.append(f"{len(abnormal)} of {len(a)} attempts ended abnormally: "
                                   + ", ".join(f"{int(code)} ({protocol.CLOSE_CODES.get(int(code), 'other')}) x{n}"
                                               for code, n in codes.items()))
-    dropped = _dropped(ev)
+    dropped = ev.dropped
     if len(dropped):
         judgement.evidence.append(f"messages unanswered: the server closed {len(dropped)} sockets normally right "
                                   f"after their first message without answering it ({_reasons(dropped['close_reason'])})")

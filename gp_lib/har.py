@@ -179,9 +179,10 @@ def _messages(entry: dict[str, Any], where: str, problems: list[str]) -> list[di
         elif not isinstance(data, str):
             problems.append(f"{at}.data: missing or not text")
         else:
-            if kind != "error" and opcode == 1 and not (parsed := protocol.decode(data)).valid:
+            parsed = protocol.decode(data) if kind != "error" and opcode == 1 else None  # kept for `_frame`
+            if parsed is not None and not parsed.valid:
                 problems.append(f"{at}.data: {parsed.problem}; kept as an invalid frame")
-            kept.append({"type": kind, "time": _epoch(time), "opcode": opcode, "data": data})
+            kept.append({"type": kind, "time": _epoch(time), "opcode": opcode, "data": data, "parsed": parsed})
     return kept
 
 
@@ -201,8 +202,8 @@ def _frame(record: AttemptRecord, message: dict[str, Any], t_ms: float) -> bool:
     if opcode in MARK_OPCODES:
         record.frames.append(frame_row(attempt_id, t_ms, "mark", None, kind=MARK_OPCODES[opcode]))
         return False
-    decoded = _binary(data) if opcode == 2 else data
-    parsed = protocol.decode(decoded)
+    parsed = message["parsed"] if message.get("parsed") is not None else protocol.decode(
+        _binary(data) if opcode == 2 else data)
     direction = DIRECTIONS[message["type"]]
     record.frames.append(frame_row(attempt_id, t_ms, direction, parsed, raw=parsed.raw))
     if direction == "sent":
