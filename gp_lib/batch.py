@@ -56,6 +56,13 @@ INTERRUPTED_EXIT = 130
 #: What a run leaves in OUT: one of these there means OUT holds an earlier run.
 EARLIER_RUN = ("summary.json", "junit.xml", "notebooks", "traces")
 INTERRUPTED = "interrupted before it finished (Ctrl-C or SIGTERM)"
+#: What the fork server imports for the kernels: ipykernel and what the notebooks' first cells import (not
+#: Matplotlib's inline backend: imported inside the kernel, it hooks itself into the kernel's shell).
+KERNEL_PRELOAD = ["ipykernel.kernelapp", "tqdm", "pandas", "matplotlib.pyplot",
+                  "gp_lib.diagnosis", "gp_lib.next_steps", "gp_lib.notebook", "gp_lib.plots.race",
+                  "gp_lib.plots.dependencies", "gp_lib.plots.factory", "gp_lib.plots.events",
+                  "gp_lib.scenarios.race_conditions", "gp_lib.scenarios.service_dependencies",
+                  "gp_lib.scenarios.factory_initialization", "gp_lib.scenarios.missing_events"]
 #: How long the notebooks still running get to stop after an interrupt before they are killed.
 STOP_GRACE_S = 10.0
 
@@ -121,9 +128,9 @@ def default_jobs() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    _workers_context()  # first: the fork server's imports run while this process imports and plans
     from gp_lib.scenarios.common import ParameterError
 
-    _workers_context()  # the fork server's imports run while the plan is made
     try:
         plan = make_plan(args)
     except ParameterError as exc:
@@ -419,13 +426,14 @@ def _write_run(plan: Plan, outcomes: dict[str, Outcome], sections: dict[str, str
 def _workers_context() -> Any:
     """The multiprocessing context of the notebook workers, its fork server started (once per process).
 
-    Workers fork from a server process that imported this module and papermill
-    once (a second of CPU that each spawned worker would pay again); it is
-    single-threaded, so forking it is safe. Started before the plan is made, its
-    imports overlap the batch's own.
+    Workers fork from a server process that imported this module, papermill and,
+    for the kernels they fork (`gp_lib.kernel_seed`), ipykernel and the lab, once:
+    seconds of CPU that each worker and kernel would pay again. It is
+    single-threaded, so forking it is safe. Started first, its imports overlap the
+    batch's own.
     """
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["gp_lib.batch", "papermill"])
+    context.set_forkserver_preload(["gp_lib.batch", "papermill", "gp_lib.kernel_seed", *KERNEL_PRELOAD])
     forkserver.ensure_running()
     return context
 
@@ -483,6 +491,8 @@ def execute(job: Mapping[str, Any]) -> dict[str, Any]:
 
     import papermill as pm
 
+    from gp_lib import kernel_seed
+
     signal.signal(signal.SIGINT, signal.default_int_handler)  # `_stop_workers` stops us with it, even when the
     # shell that started the batch ignored it (a background job, nohup) and the workers inherited that
     sys.stderr.write(f"gp: {job['scenario']}: started {job['input']}\n")  # one write: workers start at once
@@ -494,10 +504,15 @@ def execute(job: Mapping[str, Any]) -> dict[str, Any]:
     log = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(log, 1)
     os.dup2(log, 2)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True)
-    error = with_kernel_retries(lambda: pm.execute_notebook(
-        job["input"], job["output"], parameters=dict(job["parameters"]), cwd=".", engine_name=_saving_at_end(),
-        execution_timeout=job["timeout_s"], progress_bar=False), job["output"])
+    kernel_seed.plant()  # before anything starts a thread, an event loop or a ZMQ context in this process
+    try:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True)
+        error = with_kernel_retries(lambda: pm.execute_notebook(
+            job["input"], job["output"], parameters=dict(job["parameters"]), cwd=".", engine_name=_saving_at_end(),
+            kernel_manager_class=kernel_seed.SeededKernelManager, execution_timeout=job["timeout_s"],
+            progress_bar=False), job["output"])
+    finally:
+        kernel_seed.uproot()
     return {"error": error, "seconds": time.monotonic() - started}
 
 
