@@ -28,8 +28,8 @@ import nbformat
 import pandas as pd
 
 from gp_lib import diagnosis, events, har, protocol, report
-from gp_lib.escape import markdown as inert
 from gp_lib.checks import Check, none_check, ratio_check, verdict
+from gp_lib.escape import markdown as inert
 from gp_lib.next_steps import IMPACT
 from gp_lib.notebook import checks_markdown, diagnosis_markdown, markdown_table, package_version
 from gp_lib.protocol import INTERNAL_ERROR
@@ -71,9 +71,9 @@ class Analysis:
 
 # -- reading -------------------------------------------------------------------------------------
 
-#: What `gp analyze` reads, said whenever a file is not it.
 #: The largest trace read (a HAR import has the same limit).
 MAX_TRACE_BYTES = har.MAX_HAR_BYTES
+#: What `gp analyze` reads, said whenever a file is not it.
 EXPECTED = ("expected a toolkit JSONL trace (one JSON object per line, each with \"record\": \"attempt\" or "
             "\"frame\", as in OUT/traces/*.jsonl) or a HAR saved from browser DevTools (a JSON object with \"log\")")
 #: Leading bytes of files people pick up by mistake.

@@ -107,14 +107,16 @@ async def _probe(target: Any, condition: str, dialect: Dialect, secret: str | No
     # without the test-mode headers: a server that trusts X-User-ID would admit the probe for them, and
     # the finding would blame its token checks
     return await _connect(target, condition, token=token, offers=dialect.offers(), ready_timeout_s=min(
-        target.params.ready_timeout_s, 5.0), extra_headers=None)
+        target.params.ready_timeout_s, 5.0), test_headers=False)
 
 
 async def _connect(target: Any, condition: str, *, token: str | None = "", offers: tuple[str, ...] = (),
-                   ready_timeout_s: float | None = None, **headers: Any) -> AttemptRecord:
+                   ready_timeout_s: float | None = None, test_headers: bool = True) -> AttemptRecord:
     """One traced attempt to readiness, then closed; `token=""` means a valid one for a fresh user;
-    `extra_headers=None` leaves the test-mode headers out."""
-    options: dict[str, Any] = {"extra_offers": offers, "anonymous": token is None, **headers}
+    `test_headers=False` leaves the test-mode headers out."""
+    options: dict[str, Any] = {"extra_offers": offers, "anonymous": token is None}
+    if not test_headers:
+        options["extra_headers"] = None
     if token:
         options["token"] = token
     if ready_timeout_s is not None:

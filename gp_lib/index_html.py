@@ -99,14 +99,11 @@ def write(out: str | Path, summary: Mapping[str, Any], sections: Sequence[str]) 
 def _exporter(template: str) -> Any:
     """nbconvert's HTML exporter with `template`, made once per process (its templates compile slowly)."""
     from nbconvert import HTMLExporter
-    from traitlets.config import Config
 
-    from gp_lib.report import MIMETYPES
+    from gp_lib.report import exporter_config
 
-    exporter = HTMLExporter(config=Config({
-        "TemplateExporter": {"exclude_input": True, "exclude_input_prompt": True, "exclude_output_prompt": True},
-        "NbConvertBase": {"display_data_priority": list(MIMETYPES)},
-    }), template_name="lab", template_file="gp.html.j2", extra_loaders=[jinja2.DictLoader({"gp.html.j2": template})])
+    exporter = HTMLExporter(config=exporter_config(), template_name="lab", template_file="gp.html.j2",
+                            extra_loaders=[jinja2.DictLoader({"gp.html.j2": template})])
     exporter.register_filter("markdown2html", escaped_markdown)
     return exporter
 

@@ -2,7 +2,8 @@
 
 Everything here is a pure function of frames: `decode` turns any frame into a
 bounded `Message`, so the client, the validators, the diagnosis, the importers
-and the reference server share one reading of it and test it without a network. The dialects of PROTOCOL.md are accepted on receive:
+and the reference server share one reading of it and test it without a
+network. The dialects of PROTOCOL.md are accepted on receive:
 enveloped (`{"type", "data": {...}}`), flat (fields at the top level) and
 mixed layouts; float or ISO-8601 timestamps; `error` and `error_message`
 frames; the four readiness forms including the three-step handshake.
@@ -127,7 +128,7 @@ def decode(frame: Any) -> Message:
     caller has to trust what a server sent: a frame that is not a JSON object
     with a string type is a `Message` of type `INVALID_TYPE` with its `problem`.
     """
-    if frame is None or not isinstance(frame, (str, bytes, bytearray)):  # None, or a table's NaN
+    if not isinstance(frame, (str, bytes, bytearray)):  # None, or a table's NaN
         return _invalid("", 0, "empty frame")
     if isinstance(frame, (bytes, bytearray)):
         length = len(frame)

@@ -53,8 +53,8 @@ _QUERY = re.compile(r"(?P<head>[?&;](?:%s)=)[^&#\s\"'<>\\]+" % "|".join(re.escap
                     re.IGNORECASE)
 #: What the decoded view undoes: percent, \u and \x escapes (also after an escaped backslash, as in JSON
 #: inside JSON), escaped and plain whitespace.
-_ENCODED = re.compile(r"%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}|\\x[0-9A-Fa-f]{2}|\\[nrt]|\s+")
-_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}|\\x[0-9A-Fa-f]{2}|\\[nrt]")  # `_ENCODED` but whitespace
+_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}|\\x[0-9A-Fa-f]{2}|\\[nrt]")
+_ENCODED = re.compile(_ESCAPE.pattern + r"|\s+")
 #: Base64 of a token is over 100 characters, of a registered secret at least 8 (those are matched as text too).
 _BASE64_MIN = 40
 _BASE64_RUN = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{%d,}" % _BASE64_MIN)  # from a run's start only

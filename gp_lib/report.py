@@ -100,10 +100,16 @@ def render(nb: nbformat.NotebookNode, context: ReportContext, assets: Path | Non
 @functools.lru_cache(maxsize=None)
 def _exporter() -> MarkdownExporter:
     """nbconvert's Markdown exporter as reports use it, made once per process (its templates compile slowly)."""
-    return MarkdownExporter(config=Config({
+    return MarkdownExporter(config=exporter_config())
+
+
+def exporter_config() -> Config:
+    """What a report shows of a notebook, in Markdown here and in HTML (`gp_lib.index_html`): outputs
+    only, no prompts, the kinds of output in `MIMETYPES` order."""
+    return Config({
         "TemplateExporter": {"exclude_input": True, "exclude_input_prompt": True, "exclude_output_prompt": True},
         "NbConvertBase": {"display_data_priority": list(MIMETYPES)},
-    }))
+    })
 
 
 def sectioned(nb: nbformat.NotebookNode, context: ReportContext) -> nbformat.NotebookNode:

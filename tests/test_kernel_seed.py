@@ -131,7 +131,7 @@ def _imported_modules(source: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module:
             for alias in node.names:
                 name = f"{node.module}.{alias.name}"
-                modules.add(name if importlib.util.find_spec(node.module) and _is_module(name) else node.module)
+                modules.add(name if _is_module(name) else node.module)
     return modules
 
 

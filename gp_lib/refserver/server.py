@@ -213,8 +213,8 @@ class ReferenceServer:
             if path == "/health":
                 return _json_response(ws, http.HTTPStatus.OK, {"status": "ok"})
             body = self.health()
-            status = (http.HTTPStatus.SERVICE_UNAVAILABLE if body["status"] == "unhealthy" and self.dialect.unhealthy_503
-                      else http.HTTPStatus.OK)
+            unhealthy = body["status"] == "unhealthy" and self.dialect.unhealthy_503
+            status = http.HTTPStatus.SERVICE_UNAVAILABLE if unhealthy else http.HTTPStatus.OK
             return _json_response(ws, status, body)
         if path != WS_PATH:
             return _json_response(ws, http.HTTPStatus.NOT_FOUND, {"error": f"no route {path}"})
