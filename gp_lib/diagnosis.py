@@ -677,19 +677,14 @@ def _dropped(ev: _Evidence) -> pd.DataFrame:
     """Attempts whose first message the server never answered before closing normally (1000/1001): a
     message loop that dies on what it reads (the real backend's "main cleanup", docs/protocol.md 10)."""
     a, f = ev.attempts, ev.frames
-    sent = f[(f["direction"] == "sent") & (f["type"] != protocol.HANDSHAKE_ACK)]
-    if not len(sent):
-        return a.iloc[0:0].assign(request=pd.Series(dtype=bool))
-    first = sent.sort_values("t_ms", kind="stable").drop_duplicates("attempt_id").set_index("attempt_id")
-    after = ev.received[ev.received["type"] != "heartbeat"].merge(
-        first["t_ms"].rename("t_sent"), left_on="attempt_id", right_index=True)
-    after = after[after["t_ms"] > after["t_sent"]]
-    # a readiness marker after a message sent before it is not its answer
-    answers = after[~after["message"].map(protocol.is_ready_marker).astype(bool)]
-    answered_ids = set(answers["attempt_id"])
     closed_normally = a["cut"] & a["close_code"].isin([1000, 1001]) & (a["closed_by"] == "server")
-    rows = a[closed_normally & a["attempt_id"].isin(set(first.index) - answered_ids)]
-    return rows.assign(request=rows["attempt_id"].map(first["type"]).isin(events.REQUEST_TYPES))
+    by_attempt: dict[str, list[dict[str, Any]]] = {}
+    for row in f[f["attempt_id"].isin(set(a.loc[closed_normally, "attempt_id"]))].to_dict(orient="records"):
+        by_attempt.setdefault(row["attempt_id"], []).append(row)
+    first_sent = {attempt_id: unanswered[0]["type"] for attempt_id, frames in by_attempt.items()
+                  if (unanswered := protocol.unanswered_sends(frames))}
+    rows = a[a["attempt_id"].isin(set(first_sent))]
+    return rows.assign(request=rows["attempt_id"].map(first_sent).isin(events.REQUEST_TYPES))
 
 
 def _dependencies(ev: _Evidence) -> _Judgement:

@@ -249,9 +249,4 @@ def is_normal(record: AttemptRecord, *, waited_ready: bool) -> bool:
 def unanswered_before_close(record: AttemptRecord) -> int:
     """How many messages were sent without any answer before the server closed; 0 when something came
     after the first of them, or the client closed."""
-    sent = [f["t_ms"] for f in record.frames if f["direction"] == "sent" and f["type"] != protocol.HANDSHAKE_ACK]
-    if not sent or record.closed_by != "server":
-        return 0
-    answered = any(f["direction"] == "received" and f["type"] != "heartbeat" and f["t_ms"] > sent[0]
-                   and not protocol.is_ready_marker(protocol.message_from_row(f)) for f in record.frames)
-    return 0 if answered else len(sent)
+    return len(protocol.unanswered_sends(record.frames)) if record.closed_by == "server" else 0

@@ -15,7 +15,7 @@ import json
 import math
 import re
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 # -- the five agent events, in their required order ---------------------------
 
@@ -326,6 +326,27 @@ def is_ready_marker(message: dict[str, Any]) -> bool:
     if kind == "system_message":
         return field(message, "event") == "connection_established" or field(message, "connection_ready") is True
     return False
+
+
+def unanswered_sends(frames: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """One attempt's sent messages (its handshake acknowledgement aside) when nothing answered the first of
+    them, else none: a heartbeat, or a readiness marker after a message sent before it, is no answer.
+    A server that then closes the socket has a message loop that dies on what it reads (docs/protocol.md 10);
+    the caller decides which closes count."""
+    frames = list(frames)
+    sent = [f for f in frames if f.get("direction") == "sent" and f.get("type") != HANDSHAKE_ACK]
+    if not sent:
+        return []
+    first = min(_time(f) for f in sent)
+    answered = any(f.get("direction") == "received" and f.get("type") != "heartbeat" and _time(f) > first
+                   and not is_ready_marker(message_from_row(f)) for f in frames)
+    return [] if answered else sorted(sent, key=_time)
+
+
+def _time(frame: Mapping[str, Any]) -> float:
+    """A frame's `t_ms`; a missing or unreadable one sorts last and answers nothing."""
+    t = frame.get("t_ms")
+    return float(t) if isinstance(t, (int, float)) and t == t else math.inf
 
 
 def handshake_reply(message: dict[str, Any]) -> dict[str, Any] | None:

@@ -157,7 +157,7 @@ async def _run_here(target: Target, job: Job, indices: Any, *, origin: float, de
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(one(index)) for index in indices]
     finally:
-        target._counter = tracked._counter
+        target.ids_used = tracked.ids_used
     for conn in tracked.made:
         conn.record.extra["t_start_ms"] = round((conn.started_monotonic - origin) * 1000, 3)
     return [task.result() for task in tasks]
@@ -273,8 +273,8 @@ class Pool:
             name = user(index)
             if name not in tokens:
                 tokens[name] = await target.credentials.token_for(name)
-        first_ids = [target._counter + sum(map(len, slices[:n])) for n in range(len(slices))]
-        target._counter += count  # a job makes one connection: each share numbers its attempts in its own range
+        first_ids = [target.ids_used + sum(map(len, slices[:n])) for n in range(len(slices))]
+        target.ids_used += count  # a job makes one connection: each share numbers its attempts in its own range
         storm_id = uuid.uuid4().hex
         start_at = time.time() + LEAD_S + LEAD_PER_CONNECTION_S * count
         job_pickled = cloudpickle.dumps(job)  # by value when defined outside an importable module (a notebook)
@@ -341,7 +341,7 @@ def _lost(share: "_Share", address: str, why: str, user: Callable[[int], str]) -
     """One `client_error` attempt per connection of a share that returned no records: the client's failure,
     not the target's, so no verdict is drawn from the run (`common.unreachable_error`)."""
     target = share.target
-    target._counter = share.first_id  # the ids the share would have used
+    target.ids_used = share.first_id  # the ids the share would have used
     error = redact(f"worker {address}: {why}"[:1000])
     return [AttemptRecord(target.next_id(), user_id=user(index), scenario=target.scenario, arm=target.arm,
                           outcome="client_error", error=error) for index in share.indices]
@@ -428,7 +428,7 @@ def run_share(share: _Share) -> tuple[list[AttemptRecord], dict[str, Any]]:
 
     async def main() -> tuple[list[AttemptRecord], dict[str, Any]]:
         target = share.target
-        target._counter = share.first_id
+        target.ids_used = share.first_id
         wait = share.start_at - time.time()
         origin = time.perf_counter() + wait   # the start instant on this process's monotonic clock
         if wait > 0:
@@ -459,7 +459,7 @@ def run_share(share: _Share) -> tuple[list[AttemptRecord], dict[str, Any]]:
         arrivals.close()  # the scheduler deletes the queue once every process that opened it closed it
 
 
-def _arrive_and_wait(arrivals: Any, event: Any, deadline: float) -> bool:
-    """Report this share's arrival; True once the coordinator released everyone, False at the deadline."""
+def _arrive_and_wait(arrivals: Any, event: Any, deadline: float) -> None:
+    """Report this share's arrival; return once the coordinator released everyone, or at the deadline."""
     arrivals.put(1)
-    return event.wait(max(0.0, deadline - time.monotonic()))
+    event.wait(max(0.0, deadline - time.monotonic()))

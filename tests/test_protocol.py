@@ -169,3 +169,32 @@ def test_auth_failure_frames():
     assert protocol.is_auth_failure({"type": "error", "error_code": "AUTH_FAILED", "message": "expired"})
     assert protocol.is_auth_failure({"type": "error_message", "data": {"error_code": "TOKEN_EXPIRED"}})
     assert not protocol.is_auth_failure({"type": "error", "error_code": "RATE_LIMITED"})
+
+
+def _frame(direction, kind, t_ms, **message):
+    return {"direction": direction, "type": kind, "t_ms": t_ms,
+            "payload": json.dumps({"type": kind, **message}) if kind else ""}
+
+
+@pytest.mark.parametrize("received, unanswered", [
+    ([], 2),                                                            # nothing came back
+    ([_frame("received", "heartbeat", 30.0)], 2),                       # a heartbeat answers nothing
+    ([_frame("received", "connection_established", 30.0)], 2),         # nor a readiness marker after the send
+    ([_frame("received", "agent_started", 5.0)], 2),                    # nor anything before the first send
+    ([_frame("received", "agent_started", 30.0)], 0),
+    ([_frame("received", "error", 30.0, message="bad")], 0),            # an error is an answer
+    ([_frame("received", "system_message", 30.0, data={"event": "connection_established"})], 2),
+], ids=["silence", "heartbeat", "marker", "before", "event", "error", "wrapped-marker"])
+def test_unanswered_sends_are_the_sends_nothing_answered(received, unanswered):
+    sent = [_frame("sent", "user_message", 20.0), _frame("sent", "handshake_acknowledged", 10.0),
+            _frame("sent", "ping", 25.0)]
+    result = protocol.unanswered_sends(sent + received)
+    assert len(result) == unanswered
+    assert [f["type"] for f in result] == ["user_message", "ping"][:unanswered]  # first sent first
+
+
+def test_unanswered_sends_without_a_send_or_a_readable_time():
+    assert protocol.unanswered_sends([_frame("received", "agent_started", 1.0)]) == []
+    assert protocol.unanswered_sends([_frame("sent", "handshake_acknowledged", 1.0)]) == []
+    untimed = [_frame("sent", "user_message", float("nan")), _frame("received", "agent_started", 5.0)]
+    assert len(protocol.unanswered_sends(untimed)) == 1   # no time to put an answer after

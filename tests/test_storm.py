@@ -67,7 +67,7 @@ async def test_a_storm_here_keeps_index_order_stamps_one_clock_and_holds_everyon
         records, load = await storm.run(target, held_back, 6, user=_user, label="test", deadline_s=10 * SCALE)
     assert load == []  # this process measures its own load around its traffic
     assert [r.user_id for r in records] == [_user(i) for i in range(6)]
-    assert len({r.attempt_id for r in records}) == 6 and target._counter == 6
+    assert len({r.attempt_id for r in records}) == 6 and target.ids_used == 6
     assert all(r.outcome == "ok" and r.t_ready_ms - r.t_open_ms >= SETUP_MS * 0.9 for r in records)
     assert all(0 <= r.extra["t_start_ms"] < 200 * SCALE for r in records)
     # nobody sent before connection 0 came to together(), HOLD_MS after its readiness
@@ -191,7 +191,7 @@ async def test_a_storm_spread_over_two_command_line_workers_shares_one_clock_and
     assert len(addresses) == 2 and [row["process"] for row in load] == [f"worker {a}" for a in addresses]
     assert all(row["ticks"] > 0 and row["seconds"] > 0 for row in load)
     assert [r.user_id for r in records] == [_user(i) for i in range(8)]
-    assert len({r.attempt_id for r in small + records}) == 11 and target._counter == 11
+    assert len({r.attempt_id for r in small + records}) == 11 and target.ids_used == 11
     assert all(r.outcome == "ok" and r.t_ready_ms - r.t_open_ms >= SETUP_MS * 0.9 for r in records), \
         [(r.outcome, r.error, r.t_open_ms, r.t_ready_ms) for r in records]
     # one clock: both workers started their halves at the same instant

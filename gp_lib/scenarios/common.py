@@ -206,11 +206,11 @@ class Target:
     progress: Callable[..., Any] | None = None
     dialect: Dialect = field(default_factory=Dialect)   # what the target speaks (gp_lib.discovery)
     pool: Any = None                      # gp_lib.storm.Pool: where storms too large for this process go
-    _counter: int = 0
+    ids_used: int = 0                     # attempt ids handed out: a storm's shares number theirs from here
 
     def next_id(self) -> str:
-        self._counter += 1
-        return f"{self.scenario}-{self.arm}-{self._counter:05d}"
+        self.ids_used += 1
+        return f"{self.scenario}-{self.arm}-{self.ids_used:05d}"
 
     async def connection(self, user_id: str, *, condition: str = "", token: str | None = None,
                          anonymous: bool = False, extra: dict[str, Any] | None = None,
