@@ -12,9 +12,8 @@ configuration, not a flag that fakes a close. There is no singleton: every
 
 from __future__ import annotations
 
-import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 CONFIG_KEYS = ("websocket_host", "websocket_port", "max_connections", "auth_required")
@@ -66,7 +65,6 @@ class ConnectionManager:
     user_id: str
     connection_id: str
     config: dict[str, Any]
-    created_at: float = field(default_factory=time.time)
 
 
 class ConnectionManagerFactory:
