@@ -4,13 +4,15 @@ Run by hand, not in CI (on an idle machine: other work on the cores shows up as 
 
     .venv/bin/python benchmarks/batch.py [--params parameters/quick.yaml] [--jobs N]
 
-Runs `gp report` (reference mode) twice into temporary folders: with `--jobs 1`,
-where each notebook runs alone so its time is its solo time, and with the
-default jobs (or `--jobs N`). Prints both wall times, the CPU seconds each
-batch used (all its processes), and the ratio of the default batch to its
-slowest notebook run alone (aim: <= 1.3) with its two parts: the batch's time
-outside every notebook, and how much longer the slowest notebook takes beside
-the others than alone.
+Runs `gp report` (reference mode) three times into temporary folders: with `--jobs 1`,
+where each notebook runs alone so its time is its solo time; with the
+default jobs (or `--jobs N`); and with the slowest notebook only. Prints the
+first two wall times, the CPU seconds each batch used (all its processes), and
+the ratio of the default batch to its slowest notebook run alone (aim: <= 1.3)
+with its two parts: the batch's time outside every notebook, and how much
+longer the slowest notebook takes beside the others than alone. The third run
+is the ratio's floor on this machine: a batch with nothing beside that notebook,
+so only the batch's own start and finish.
 
 Then, for each notebook in both batches, the time of each phase, all measured
 from timestamps the run itself recorded:
@@ -76,10 +78,11 @@ def _interpolate(x: float, xs: list[float], ys: list[float]) -> float:
     return ys[-1]
 
 
-def batch(out: Path, jobs: int | None, params: str | None) -> Batch:
-    """Run one `gp report` into `out` and measure it."""
+def batch(out: Path, jobs: int | None, params: str | None, scenario: str | None = None) -> Batch:
+    """Run one `gp report` (of every default notebook, or of `scenario`'s only) into `out` and measure it."""
     command = [sys.executable, "-m", "gp_lib.cli", "report", "--out", str(out)]
     command += ["--jobs", str(jobs)] if jobs else []
+    command += ["--scenario", scenario] if scenario else []
     command += ["--params", params] if params else []
     began = time.time()
     started = time.perf_counter()
@@ -237,6 +240,7 @@ def main() -> None:
         parallel = batch(parallel_out, args.jobs, args.params)
         solo = serial.seconds
         slowest = max(solo, key=solo.get)
+        floor = batch(Path(folder) / "floor", 1, args.params, slowest)
         print(f"cores: {os.cpu_count()}; load average before: {load:.2f}; "
               f"parameters: {args.params or 'notebook defaults'}")
         print(f"batch --jobs 1:  {serial.wall:6.1f} s wall, {serial.cpu[-1][1]:6.1f} s CPU")
@@ -248,6 +252,8 @@ def main() -> None:
     print(f"\nbatch / slowest notebook alone ({slowest}, {alone:.1f} s): {parallel.wall / alone:.2f} (aim <= 1.3)")
     print(f"  of which: the batch outside every notebook {outside:.1f} s ({outside / alone:+.0%} of it alone); "
           f"{slowest} beside the others {beside:.1f} s ({(beside - alone) / alone:+.0%})")
+    print(f"floor: a batch of {slowest} only, nothing beside it: {floor.wall:.1f} s, {floor.wall / alone:.2f} "
+          f"({floor.wall - floor.seconds[slowest]:.1f} s outside the notebook)")
 
 
 if __name__ == "__main__":

@@ -355,11 +355,15 @@ def run_plan(plan: Plan, preflight: Mapping[str, Any] | None = None) -> dict[str
     context = _workers_context()
     with _sigterm_as_interrupt(), ProcessPoolExecutor(max_workers=plan.jobs, mp_context=context, max_tasks_per_child=1) as pool:
         waiting, running = list(plan.entries), {}
+        warm = min(plan.jobs, len(plan.entries)) < (os.cpu_count() or 1)  # a core left idle by the notebooks
         try:
             while waiting or running:  # submitted only as workers free up: after Ctrl-C no notebook starts
                 while waiting and len(running) < plan.jobs:
                     entry = waiting.pop(0)
                     running[pool.submit(execute, _job(plan, entry))] = entry
+                if warm:
+                    _warm_renderers()
+                    warm = False
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
                     entry = running.pop(future)
@@ -385,6 +389,16 @@ def run_plan(plan: Plan, preflight: Mapping[str, Any] | None = None) -> dict[str
     if interrupted:
         raise KeyboardInterrupt("interrupted; summary.json and junit.xml written")
     return summary
+
+
+def _warm_renderers() -> None:
+    """Import nbconvert and compile the report templates on a core the first notebooks leave idle: about
+    1 s of CPU that the first report would pay, after the last notebook when the batch runs one. (Where
+    the notebooks keep every core busy, warming early slowed a batch: the first report pays it then.)"""
+    from gp_lib import index_html, report
+
+    report.warm()
+    index_html.warm()
 
 
 def _write_run(plan: Plan, outcomes: dict[str, Outcome], sections: dict[str, str], scrubbed: set[Path],

@@ -95,6 +95,14 @@ def write(out: str | Path, summary: Mapping[str, Any], sections: Sequence[str]) 
     return path
 
 
+def warm() -> None:
+    """Make both exporters and compile their templates and Markdown renderer now, ahead of the first section
+    (see `gp_lib.batch`)."""
+    page = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("*warm*")])
+    for template in (SECTION, TEMPLATE):
+        _exporter(template).from_notebook_node(page, resources={"gp_summary": ""})
+
+
 @functools.lru_cache(maxsize=None)
 def _exporter(template: str) -> Any:
     """nbconvert's HTML exporter with `template`, made once per process (its templates compile slowly)."""

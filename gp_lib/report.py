@@ -103,6 +103,11 @@ def _exporter() -> MarkdownExporter:
     return MarkdownExporter(config=exporter_config())
 
 
+def warm() -> None:
+    """Make the exporter and compile its templates now, ahead of the first report (see `gp_lib.batch`)."""
+    _exporter().from_notebook_node(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("warm")]))
+
+
 def exporter_config() -> Config:
     """What a report shows of a notebook, in Markdown here and in HTML (`gp_lib.index_html`): outputs
     only, no prompts, the kinds of output in `MIMETYPES` order."""

@@ -288,3 +288,25 @@ def test_the_committed_example_is_a_passing_reference_run_without_this_machines_
     for path in EXAMPLE.rglob("*"):
         if path.is_file() and path.suffix != ".png":
             assert root not in path.read_text(), f"{path.name} holds an absolute path of this machine"
+
+
+def test_warming_the_renderers_builds_them_and_changes_nothing_they_render():
+    """`gp report` warms the exporters while its notebooks run (gp_lib.batch); what they render after must be
+    what a cold process renders."""
+    from gp_lib import index_html, report
+
+    def both():  # the page's cell ids are new in every notebook built
+        section = index_html.section("T", executed_notebook(), context())
+        return render(executed_notebook(), context())[0], re.sub(r'id="cell-id=[^"]*"', "", section)
+
+    register_secret(SECRET)
+    report._exporter.cache_clear()
+    index_html._exporter.cache_clear()
+    cold = both()
+    report._exporter.cache_clear()
+    index_html._exporter.cache_clear()
+    report.warm()
+    index_html.warm()
+    assert report._exporter.cache_info().currsize == 1 and index_html._exporter.cache_info().currsize == 2
+    assert both() == cold
+    assert "IMPACT-TEXT" in cold[0] and "IMPACT-TEXT" in cold[1]
