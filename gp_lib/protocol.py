@@ -337,13 +337,13 @@ def unanswered_sends(frames: Iterable[Mapping[str, Any]]) -> list[Mapping[str, A
     sent = [f for f in frames if f.get("direction") == "sent" and f.get("type") != HANDSHAKE_ACK]
     if not sent:
         return []
-    first = min(_time(f) for f in sent)
-    answered = any(f.get("direction") == "received" and f.get("type") != "heartbeat" and _time(f) > first
+    first = min(_t_ms(f) for f in sent)
+    answered = any(f.get("direction") == "received" and f.get("type") != "heartbeat" and _t_ms(f) > first
                    and not is_ready_marker(message_from_row(f)) for f in frames)
-    return [] if answered else sorted(sent, key=_time)
+    return [] if answered else sorted(sent, key=_t_ms)
 
 
-def _time(frame: Mapping[str, Any]) -> float:
+def _t_ms(frame: Mapping[str, Any]) -> float:
     """A frame's `t_ms`; a missing or unreadable one sorts last and answers nothing."""
     t = frame.get("t_ms")
     return float(t) if isinstance(t, (int, float)) and t == t else math.inf
