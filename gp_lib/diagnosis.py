@@ -678,8 +678,11 @@ def _dropped(ev: _Evidence) -> pd.DataFrame:
     message loop that dies on what it reads (the real backend's "main cleanup", docs/protocol.md 10)."""
     a, f = ev.attempts, ev.frames
     closed_normally = a["cut"] & a["close_code"].isin([1000, 1001]) & (a["closed_by"] == "server")
+    candidates = f.loc[f["attempt_id"].isin(set(a.loc[closed_normally, "attempt_id"])),
+                       ["attempt_id", "direction", "type", "t_ms"]]
     by_attempt: dict[str, list[dict[str, Any]]] = {}
-    for row in f[f["attempt_id"].isin(set(a.loc[closed_normally, "attempt_id"]))].to_dict(orient="records"):
+    # the received rows with the messages `_prepare` decoded (same index), not decoded again
+    for row in candidates.assign(message=ev.received["message"]).to_dict(orient="records"):
         by_attempt.setdefault(row["attempt_id"], []).append(row)
     first_sent = {attempt_id: unanswered[0]["type"] for attempt_id, frames in by_attempt.items()
                   if (unanswered := protocol.unanswered_sends(frames))}

@@ -332,15 +332,20 @@ def unanswered_sends(frames: Iterable[Mapping[str, Any]]) -> list[Mapping[str, A
     """One attempt's sent messages (its handshake acknowledgement aside) when nothing answered the first of
     them, else none: a heartbeat, or a readiness marker after a message sent before it, is no answer.
     A server that then closes the socket has a message loop that dies on what it reads (docs/protocol.md 10);
-    the caller decides which closes count."""
+    the caller decides which closes count. A row's `message`, when the caller decoded it, is read as is."""
     frames = list(frames)
     sent = [f for f in frames if f.get("direction") == "sent" and f.get("type") != HANDSHAKE_ACK]
     if not sent:
         return []
     first = min(_t_ms(f) for f in sent)
     answered = any(f.get("direction") == "received" and f.get("type") != "heartbeat" and _t_ms(f) > first
-                   and not is_ready_marker(message_from_row(f)) for f in frames)
+                   and not is_ready_marker(_decoded(f)) for f in frames)
     return [] if answered else sorted(sent, key=_t_ms)
+
+
+def _decoded(frame: Mapping[str, Any]) -> dict[str, Any]:
+    message = frame.get("message")
+    return message if isinstance(message, dict) else message_from_row(frame)
 
 
 def _t_ms(frame: Mapping[str, Any]) -> float:

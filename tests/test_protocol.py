@@ -198,3 +198,13 @@ def test_unanswered_sends_without_a_send_or_a_readable_time():
     assert protocol.unanswered_sends([_frame("sent", "handshake_acknowledged", 1.0)]) == []
     untimed = [_frame("sent", "user_message", float("nan")), _frame("received", "agent_started", 5.0)]
     assert len(protocol.unanswered_sends(untimed)) == 1   # no time to put an answer after
+
+
+def test_unanswered_sends_read_a_message_the_caller_already_decoded():
+    """The diagnosis passes the messages it decoded once; a row without one is decoded from its payload."""
+    sent = _frame("sent", "user_message", 20.0)
+    decoded_marker = {"direction": "received", "type": "system_message", "t_ms": 30.0, "payload": "",
+                      "message": protocol.decode(json.dumps({"type": "system_message",
+                                                             "data": {"event": "connection_established"}}))}
+    assert len(protocol.unanswered_sends([sent, decoded_marker])) == 1   # the marker, read from `message`
+    assert protocol.unanswered_sends([sent, {**decoded_marker, "message": float("nan")}]) == []  # no message: the row
