@@ -24,7 +24,9 @@ import logging
 import os
 import runpy
 import signal
+import subprocess
 import sys
+import time
 from typing import Any
 
 from jupyter_client.manager import AsyncKernelManager
@@ -113,6 +115,13 @@ class KernelProcess:
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
+        """The exit code, once the kernel ended; `subprocess.TimeoutExpired` after `timeout` seconds, as Popen."""
+        if timeout is not None:
+            deadline = time.monotonic() + timeout
+            while self.poll() is None:
+                if time.monotonic() >= deadline:
+                    raise subprocess.TimeoutExpired(f"kernel {self.pid}", timeout)
+                time.sleep(0.01)
         if self.returncode is None:
             _, status = os.waitpid(self.pid, 0)
             self.returncode = os.waitstatus_to_exitcode(status)

@@ -151,3 +151,19 @@ def test_the_fork_server_preloads_everything_a_scenario_notebook_imports(noteboo
                              and "import " in c.source))
     assert imported, "no import found"
     assert imported <= set(batch.KERNEL_PRELOAD), f"not preloaded: {sorted(imported - set(batch.KERNEL_PRELOAD))}"
+
+
+def test_a_seeded_kernels_wait_keeps_to_its_timeout_as_popen_does():
+    import signal
+    import subprocess
+
+    seed = kernel_seed.Seed()
+    process = kernel_seed.KernelProcess(seed.pid)  # a seed still waiting for its command: a child that lives on
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            process.wait(timeout=0.05)
+        assert process.poll() is None
+        process.kill()
+        assert process.wait(timeout=30 * SCALE) == -signal.SIGKILL
+    finally:
+        seed.discard()
